@@ -1,0 +1,451 @@
+// The only file that knows Python: per op, check the arguments (ValueError
+// naming the argument and the shapes), allocate the outputs, release the GIL
+// and call the kernel. float32 and float64 overloads; arrays are taken
+// C-contiguous with noconvert(), so nothing is silently cast or copied.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#include "conv2d.h"
+#include "gemm.h"
+#include "im2col.h"
+#include "pool2d.h"
+#include "runtime.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+using std::int64_t;
+
+namespace pyconv {
+namespace {
+
+template <typename T>
+using Arr = py::array_t<T, py::array::c_style>;
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+std::string shape_str(const py::array& a) {
+  std::ostringstream os;
+  os << "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) os << (i ? ", " : "") << a.shape(i);
+  os << (a.ndim() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+void check_ndim(const char* op, const char* name, const py::array& a, int ndim,
+                const char* layout) {
+  if (a.ndim() != ndim) {
+    std::ostringstream os;
+    os << op << ": expected " << name << " to be " << ndim << "-D " << layout
+       << ", but got shape " << shape_str(a);
+    fail(os.str());
+  }
+}
+
+void check_min(const char* op, const char* name, int64_t v, int64_t lo) {
+  if (v < lo) {
+    std::ostringstream os;
+    os << op << ": expected " << name << " >= " << lo << ", but got " << v;
+    fail(os.str());
+  }
+}
+
+// Product of sizes, or ValueError if it does not fit in int64.
+int64_t checked_mul(const char* op, const char* what, std::initializer_list<int64_t> dims) {
+  int64_t out = 1;
+  for (int64_t d : dims)
+    if (__builtin_mul_overflow(out, d, &out)) {
+      std::ostringstream os;
+      os << op << ": the size of " << what << " overflows int64";
+      fail(os.str());
+    }
+  return out;
+}
+
+int64_t checked_add(const char* op, const char* what, int64_t a, int64_t b) {
+  int64_t out;
+  if (__builtin_add_overflow(a, b, &out)) {
+    std::ostringstream os;
+    os << op << ": " << what << " overflows int64";
+    fail(os.str());
+  }
+  return out;
+}
+
+// Spatial checks shared by conv and pooling: the (padded) input holds one
+// window, and every array the op touches has an int64 size.
+void check_window(const char* op, const char* x_name, int64_t h, int64_t w, int64_t kh,
+                  int64_t kw, int64_t stride, int64_t pad, const char* k_name) {
+  check_min(op, "stride", stride, 1);
+  check_min(op, "pad", pad, 0);
+  const int64_t two_pad = checked_mul(op, "2 * pad", {2, pad});
+  const int64_t ph = checked_add(op, "H + 2 * pad", h, two_pad);
+  const int64_t pw = checked_add(op, "W + 2 * pad", w, two_pad);
+  if (kh > ph || kw > pw) {
+    std::ostringstream os;
+    os << op << ": " << k_name << " (" << kh << ", " << kw << ") is larger than the padded "
+       << x_name << " (" << ph << ", " << pw << ") = (H + 2*pad, W + 2*pad) with (H, W) = ("
+       << h << ", " << w << "), pad = " << pad;
+    fail(os.str());
+  }
+}
+
+Conv2dShape conv_shape(const char* op, int64_t n, int64_t c, int64_t h, int64_t w, int64_t f,
+                       int64_t kh, int64_t kw, int64_t stride, int64_t pad) {
+  check_min(op, "x.shape[0] (batch)", n, 0);
+  check_min(op, "H", h, 1);
+  check_min(op, "W", w, 1);
+  check_min(op, "channels", c, 1);
+  check_min(op, "filter_h", kh, 1);
+  check_min(op, "filter_w", kw, 1);
+  check_window(op, "input", h, w, kh, kw, stride, pad, "the kernel");
+  Conv2dShape s{n, c, h, w, f, kh, kw, stride, pad};
+  checked_mul(op, "x", {n, c, h, w});
+  checked_mul(op, "w", {f, c, kh, kw});
+  checked_mul(op, "y", {n, f, s.out_h(), s.out_w()});
+  checked_mul(op, "col", {n, c, kh, kw, s.out_h(), s.out_w()});
+  return s;
+}
+
+Conv2dShape check_conv2d(const char* op, const py::array& x, const py::array& w,
+                         int64_t stride, int64_t pad) {
+  check_ndim(op, "x", x, 4, "(N, C, H, W)");
+  check_ndim(op, "w", w, 4, "(F, C, KH, KW)");
+  for (int i = 0; i < 4; ++i)
+    if (w.shape(i) < 1) fail(std::string(op) + ": expected every dimension of w to be >= 1, but got shape " + shape_str(w));
+  if (x.shape(1) != w.shape(1)) {
+    std::ostringstream os;
+    os << op << ": expected x.shape[1] == w.shape[1] (" << w.shape(1)
+       << " input channels), but got x.shape " << shape_str(x) << " and w.shape "
+       << shape_str(w);
+    fail(os.str());
+  }
+  return conv_shape(op, x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), w.shape(2),
+                    w.shape(3), stride, pad);
+}
+
+template <typename T>
+Arr<T> new_array(std::initializer_list<int64_t> shape) {
+  std::vector<py::ssize_t> dims(shape.begin(), shape.end());
+  return Arr<T>(dims);
+}
+
+// ---- im2col / col2im ---------------------------------------------------------
+template <typename T>
+Arr<T> im2col_py(const Arr<T>& x, int64_t kh, int64_t kw, int64_t stride, int64_t pad) {
+  const char* op = "im2col";
+  check_ndim(op, "input_data", x, 4, "(N, C, H, W)");
+  const Conv2dShape s =
+      conv_shape(op, x.shape(0), x.shape(1), x.shape(2), x.shape(3), 1, kh, kw, stride, pad);
+  Arr<T> col = new_array<T>({s.batch * s.out_h() * s.out_w(), s.col_rows()});
+  const T* xp = x.data();
+  T* cp = col.mutable_data();
+  {
+    py::gil_scoped_release release;
+    im2col_rows(xp, s, cp);
+  }
+  return col;
+}
+
+template <typename T>
+Arr<T> col2im_py(const Arr<T>& col, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh,
+                 int64_t kw, int64_t stride, int64_t pad) {
+  const char* op = "col2im";
+  check_ndim(op, "col", col, 2, "(N*OH*OW, C*KH*KW)");
+  const Conv2dShape s = conv_shape(op, n, c, h, w, 1, kh, kw, stride, pad);
+  const int64_t rows = s.batch * s.out_h() * s.out_w(), cols = s.col_rows();
+  if (col.shape(0) != rows || col.shape(1) != cols) {
+    std::ostringstream os;
+    os << op << ": expected col of shape (" << rows << ", " << cols
+       << ") = (N*OH*OW, C*KH*KW) for input_shape (" << n << ", " << c << ", " << h << ", " << w
+       << "), but got " << shape_str(col);
+    fail(os.str());
+  }
+  Arr<T> x = new_array<T>({n, c, h, w});
+  const T* cp = col.data();
+  T* xp = x.mutable_data();
+  {
+    py::gil_scoped_release release;
+    col2im_rows(cp, s, xp);
+  }
+  return x;
+}
+
+// ---- gemm ------------------------------------------------------------------
+bool overlaps(const py::array& a, const py::array& b) {
+  const char* a0 = static_cast<const char*>(a.data());
+  const char* b0 = static_cast<const char*>(b.data());
+  const char* a1 = a0 + a.nbytes();
+  const char* b1 = b0 + b.nbytes();
+  return a.nbytes() > 0 && b.nbytes() > 0 && a0 < b1 && b0 < a1;
+}
+
+template <typename T>
+Arr<T> gemm_py(const Arr<T>& a, const Arr<T>& b, bool trans_a, bool trans_b, double alpha,
+               double beta, std::optional<Arr<T>> out) {
+  const char* op = "gemm";
+  check_ndim(op, "a", a, 2, "matrix");
+  check_ndim(op, "b", b, 2, "matrix");
+  const int64_t m = trans_a ? a.shape(1) : a.shape(0), k = trans_a ? a.shape(0) : a.shape(1);
+  const int64_t kb = trans_b ? b.shape(1) : b.shape(0), n = trans_b ? b.shape(0) : b.shape(1);
+  if (k != kb) {
+    std::ostringstream os;
+    os << op << ": expected op(a).shape[1] == op(b).shape[0], but got op(a) of shape (" << m
+       << ", " << k << ") and op(b) of shape (" << kb << ", " << n << ") (a.shape "
+       << shape_str(a) << ", trans_a=" << trans_a << "; b.shape " << shape_str(b)
+       << ", trans_b=" << trans_b << ")";
+    fail(os.str());
+  }
+  Arr<T> c;
+  if (out.has_value()) {
+    c = *out;
+    if (c.ndim() != 2 || c.shape(0) != m || c.shape(1) != n) {
+      std::ostringstream os;
+      os << op << ": expected out of shape (" << m << ", " << n << "), but got "
+         << shape_str(c);
+      fail(os.str());
+    }
+    if (!c.writeable()) fail("gemm: out is read-only");
+    if (overlaps(c, a) || overlaps(c, b)) fail("gemm: out must not overlap a or b");
+  } else {
+    c = new_array<T>({m, n});
+    beta = 0.0;  // a fresh C holds no values to scale
+  }
+  const MatRef<T> A = trans_a ? MatRef<T>{a.data(), k, m, a.shape(1), 1}.t()
+                              : MatRef<T>{a.data(), m, k, a.shape(1), 1};
+  const MatRef<T> B = trans_b ? MatRef<T>{b.data(), n, k, b.shape(1), 1}.t()
+                              : MatRef<T>{b.data(), k, n, b.shape(1), 1};
+  T* cp = c.mutable_data();
+  const int nt = num_threads();
+  {
+    py::gil_scoped_release release;
+    gemm<T>(m, n, k, static_cast<T>(alpha), A, B, static_cast<T>(beta), cp, n, nt);
+  }
+  return c;
+}
+
+// ---- conv2d ------------------------------------------------------------------
+template <typename T>
+Arr<T> conv2d_forward_py(const Arr<T>& x, const Arr<T>& w, const Arr<T>& b, int64_t stride,
+                         int64_t pad) {
+  const char* op = "conv2d_forward";
+  const Conv2dShape s = check_conv2d(op, x, w, stride, pad);
+  if (b.ndim() != 1 || b.shape(0) != s.filters) {
+    std::ostringstream os;
+    os << op << ": expected b of shape (" << s.filters << ",) to match w.shape[0] (w.shape "
+       << shape_str(w) << "), but got " << shape_str(b);
+    fail(os.str());
+  }
+  Arr<T> y = new_array<T>({s.batch, s.filters, s.out_h(), s.out_w()});
+  const T *xp = x.data(), *wp = w.data(), *bp = b.data();
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release release;
+    conv2d_forward(xp, wp, bp, s, yp);
+  }
+  return y;
+}
+
+template <typename T>
+py::tuple conv2d_backward_py(const Arr<T>& x, const Arr<T>& w, const Arr<T>& dy, int64_t stride,
+                             int64_t pad, bool need_dx) {
+  const char* op = "conv2d_backward";
+  const Conv2dShape s = check_conv2d(op, x, w, stride, pad);
+  if (dy.ndim() != 4 || dy.shape(0) != s.batch || dy.shape(1) != s.filters ||
+      dy.shape(2) != s.out_h() || dy.shape(3) != s.out_w()) {
+    std::ostringstream os;
+    os << op << ": expected dout of shape (" << s.batch << ", " << s.filters << ", "
+       << s.out_h() << ", " << s.out_w() << ") = (N, F, OH, OW), but got " << shape_str(dy);
+    fail(os.str());
+  }
+  Arr<T> dw = new_array<T>({w.shape(0), w.shape(1), w.shape(2), w.shape(3)});
+  Arr<T> db = new_array<T>({s.filters});
+  py::object dx_obj = py::none();
+  T* dxp = nullptr;
+  if (need_dx) {
+    Arr<T> dx = new_array<T>({s.batch, s.channels, s.height, s.width});
+    dxp = dx.mutable_data();
+    dx_obj = dx;
+  }
+  const T *xp = x.data(), *wp = w.data(), *dyp = dy.data();
+  T *dwp = dw.mutable_data(), *dbp = db.mutable_data();
+  {
+    py::gil_scoped_release release;
+    conv2d_backward(xp, wp, dyp, s, dxp, dwp, dbp);
+  }
+  return py::make_tuple(dx_obj, dw, db);
+}
+
+// ---- max pooling -------------------------------------------------------------
+template <typename T>
+py::tuple max_pool2d_forward_py(const Arr<T>& x, int64_t kh, int64_t kw, int64_t stride,
+                                int64_t pad) {
+  const char* op = "max_pool2d_forward";
+  check_ndim(op, "x", x, 4, "(N, C, H, W)");
+  check_min(op, "pool_h", kh, 1);
+  check_min(op, "pool_w", kw, 1);
+  check_min(op, "pad", pad, 0);
+  if (pad > kh / 2 || pad > kw / 2) {
+    std::ostringstream os;
+    os << op << ": expected pad <= min(pool_h, pool_w) // 2 (" << (kh < kw ? kh : kw) / 2
+       << ") for pool (" << kh << ", " << kw << "), but got pad=" << pad;
+    fail(os.str());
+  }
+  const int64_t n = x.shape(0), c = x.shape(1), h = x.shape(2), w = x.shape(3);
+  check_min(op, "H", h, 1);
+  check_min(op, "W", w, 1);
+  check_window(op, "input", h, w, kh, kw, stride, pad, "the pool window");
+  const Pool2dShape s{n, c, h, w, kh, kw, stride, pad};
+  Arr<T> y = new_array<T>({n, c, s.out_h(), s.out_w()});
+  Arr<int64_t> am = new_array<int64_t>({n, c, s.out_h(), s.out_w()});
+  const T* xp = x.data();
+  T* yp = y.mutable_data();
+  int64_t* ap = am.mutable_data();
+  {
+    py::gil_scoped_release release;
+    max_pool2d_forward(xp, s, yp, ap);
+  }
+  return py::make_tuple(y, am);
+}
+
+template <typename T>
+Arr<T> max_pool2d_backward_py(const Arr<T>& dy, const Arr<int64_t>& argmax, int64_t h,
+                              int64_t w) {
+  const char* op = "max_pool2d_backward";
+  check_ndim(op, "dout", dy, 4, "(N, C, OH, OW)");
+  check_min(op, "H", h, 1);
+  check_min(op, "W", w, 1);
+  if (argmax.ndim() != 4 || argmax.shape(0) != dy.shape(0) || argmax.shape(1) != dy.shape(1) ||
+      argmax.shape(2) != dy.shape(2) || argmax.shape(3) != dy.shape(3)) {
+    std::ostringstream os;
+    os << op << ": expected argmax of the shape of dout " << shape_str(dy) << ", but got "
+       << shape_str(argmax);
+    fail(os.str());
+  }
+  const int64_t n = dy.shape(0), c = dy.shape(1);
+  const int64_t in_plane = checked_mul(op, "H * W", {h, w});
+  checked_mul(op, "dx", {n, c, h, w});
+  const int64_t* ap = argmax.data();
+  const int64_t count = static_cast<int64_t>(argmax.size());
+  for (int64_t i = 0; i < count; ++i)
+    if (ap[i] < 0 || ap[i] >= in_plane) {
+      std::ostringstream os;
+      os << op << ": argmax[" << i << "] = " << ap[i] << " is outside [0, H*W) = [0, "
+         << in_plane << ")";
+      fail(os.str());
+    }
+  Arr<T> dx = new_array<T>({n, c, h, w});
+  const T* dyp = dy.data();
+  T* dxp = dx.mutable_data();
+  const int64_t out_plane = dy.shape(2) * dy.shape(3);
+  {
+    py::gil_scoped_release release;
+    max_pool2d_backward(dyp, ap, n * c, in_plane, out_plane, dxp);
+  }
+  return dx;
+}
+
+template <typename T>
+void def_ops(py::module_& m) {
+  m.def("im2col", &im2col_py<T>, "x"_a.noconvert(), "kernel_h"_a, "kernel_w"_a, "stride"_a,
+        "pad"_a, "Book layout: (N*OH*OW, C*KH*KW).");
+  m.def("col2im", &col2im_py<T>, "col"_a.noconvert(), "batch"_a, "channels"_a, "height"_a,
+        "width"_a, "kernel_h"_a, "kernel_w"_a, "stride"_a, "pad"_a, "Adjoint of im2col.");
+  m.def("gemm", &gemm_py<T>, "a"_a.noconvert(), "b"_a.noconvert(), "trans_a"_a, "trans_b"_a,
+        "alpha"_a, "beta"_a, "out"_a.noconvert() = py::none(),
+        "out = alpha * op(a) @ op(b) + beta * out.");
+  m.def("conv2d_forward", &conv2d_forward_py<T>, "x"_a.noconvert(), "w"_a.noconvert(),
+        "b"_a.noconvert(), "stride"_a, "pad"_a);
+  m.def("conv2d_backward", &conv2d_backward_py<T>, "x"_a.noconvert(), "w"_a.noconvert(),
+        "dout"_a.noconvert(), "stride"_a, "pad"_a, "need_dx"_a = true,
+        "Returns (dx or None, dw, db).");
+  m.def("max_pool2d_forward", &max_pool2d_forward_py<T>, "x"_a.noconvert(), "kernel_h"_a,
+        "kernel_w"_a, "stride"_a, "pad"_a, "Returns (y, argmax).");
+  m.def("max_pool2d_backward", &max_pool2d_backward_py<T>, "dout"_a.noconvert(),
+        "argmax"_a.noconvert(), "height"_a, "width"_a);
+}
+
+py::dict blocking_dict(const BlockSizes& b) {
+  return py::dict("mr"_a = b.mr, "nr"_a = b.nr, "kc"_a = b.kc, "mc"_a = b.mc, "nc"_a = b.nc);
+}
+
+py::dict config() {
+  py::dict d;
+  d["version"] = PYCONV_VERSION;
+#if defined(__clang__)
+  d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  d["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  d["compiler"] = "unknown";
+#endif
+#ifdef _OPENMP
+  d["openmp"] = std::string("yes (") + std::to_string(_OPENMP) + ")";
+#else
+  d["openmp"] = "no (serial build)";
+#endif
+  d["threads"] = num_threads();
+  d["simd"] = current_isa();
+  d["available_simd"] = available_isas();
+  d["gemm_blocking_float32"] = blocking_dict(gemm_impl<float>().bs);
+  d["gemm_blocking_float64"] = blocking_dict(gemm_impl<double>().bs);
+  return d;
+}
+
+py::dict conv2d_plan_py(const std::string& dtype, int64_t n, int64_t c, int64_t h, int64_t w,
+                        int64_t f, int64_t kh, int64_t kw, int64_t stride, int64_t pad,
+                        bool backward, int nthreads) {
+  const char* op = "conv2d_plan";
+  check_min(op, "filters", f, 1);
+  const Conv2dShape s = conv_shape(op, n, c, h, w, f, kh, kw, stride, pad);
+  const int nt = nthreads > 0 ? nthreads : num_threads();
+  ConvPlan p;
+  if (dtype == "float32")
+    p = conv2d_plan<float>(s, nt, backward);
+  else if (dtype == "float64")
+    p = conv2d_plan<double>(s, nt, backward);
+  else
+    throw py::type_error("conv2d_plan: expected dtype 'float32' or 'float64', but got '" +
+                         dtype + "'");
+  return py::dict("team"_a = p.team, "gemm_threads"_a = p.gemm_threads, "direct"_a = p.direct,
+                  "workspace_bytes"_a = p.bytes);
+}
+
+}  // namespace
+}  // namespace pyconv
+
+PYBIND11_MODULE(_core, m) {
+  using namespace pyconv;
+  m.doc() = "pyconv compiled core: im2col, GEMM, convolution and max pooling kernels";
+  m.attr("__version__") = PYCONV_VERSION;
+  def_ops<float>(m);
+  def_ops<double>(m);
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) throw std::invalid_argument("set_num_threads: expected n >= 1, but got " + std::to_string(n));
+    pyconv::set_num_threads(n);
+  }, "n"_a);
+  m.def("get_num_threads", &pyconv::num_threads);
+  m.def("config", &config);
+  m.def("available_isas", &available_isas);
+  m.def("current_isa", &current_isa);
+  m.def("set_isa", [](const std::string& name) {
+    if (!select_isa(name)) {
+      std::string avail;
+      for (const auto& s : available_isas()) avail += (avail.empty() ? "" : ", ") + s;
+      throw std::invalid_argument("set_isa: '" + name + "' is not available on this CPU/build (available: " + avail + ")");
+    }
+  }, "name"_a);
+  m.def("conv2d_plan", &conv2d_plan_py, "dtype"_a, "batch"_a, "channels"_a, "height"_a,
+        "width"_a, "filters"_a, "kernel_h"_a, "kernel_w"_a, "stride"_a, "pad"_a,
+        "backward"_a = true, "nthreads"_a = 0,
+        "How conv2d would run this shape: thread split and scratch bytes.");
+}

@@ -1,0 +1,212 @@
+// Convolution by im2col + GEMM, parallel over images or inside the GEMM.
+#include "conv2d.h"
+
+#include <algorithm>
+
+#include "gemm.h"
+#include "im2col.h"
+#include "runtime.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace pyconv {
+
+// Strategy. With at least as many images as threads, each thread takes whole
+// images (its own col buffer, a serial GEMM): no synchronisation inside an
+// image and every GEMM sees a full core. With fewer images than threads (one
+// big image, inference on N=1) the threads share each GEMM instead.
+template <typename T>
+ConvPlan conv2d_plan(const Conv2dShape& s, int nthreads, bool backward) {
+  ConvPlan p{};
+  const std::int64_t nt = nthreads < 1 ? 1 : nthreads;
+  const bool over_images = nt > 1 && s.batch >= nt;
+  p.team = over_images ? static_cast<int>(nt) : 1;
+  p.gemm_threads = over_images ? 1 : static_cast<int>(nt);
+  p.direct = s.kernel_h == 1 && s.kernel_w == 1 && s.stride == 1 && s.pad == 0;
+  const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
+  p.col_elems = p.direct ? 0 : ckk * cols;
+  const BlockSizes& bs = gemm_impl<T>().bs;
+  // The largest of the GEMMs a call runs: forward (f, cols, ckk); backward
+  // weight (f, ckk, cols) and input (ckk, cols, f).
+  GemmWorkspace ws = gemm_workspace<T>(bs, f, cols, ckk);
+  if (backward) {
+    const GemmWorkspace w2 = gemm_workspace<T>(bs, f, ckk, cols);
+    const GemmWorkspace w3 = gemm_workspace<T>(bs, ckk, cols, f);
+    ws.pack_a_per_thread = std::max({ws.pack_a_per_thread, w2.pack_a_per_thread,
+                                     w3.pack_a_per_thread});
+    ws.pack_b = std::max({ws.pack_b, w2.pack_b, w3.pack_b});
+  }
+  p.pack_a_elems = ws.pack_a_per_thread * p.gemm_threads;
+  p.pack_b_elems = ws.pack_b;
+  p.partial_elems = backward && p.team > 1 ? f * ckk + f : 0;
+  // Every slice starts on a 64-byte boundary: the micro-kernels load packed
+  // panels with aligned vector loads.
+  constexpr std::int64_t line = 64 / static_cast<std::int64_t>(sizeof(T));
+  for (std::int64_t* e : {&p.col_elems, &p.pack_a_elems, &p.pack_b_elems, &p.partial_elems})
+    *e = (*e + line - 1) / line * line;
+  p.bytes = static_cast<std::int64_t>(sizeof(T)) * p.team *
+            (p.col_elems + p.pack_a_elems + p.pack_b_elems + p.partial_elems);
+  return p;
+}
+
+namespace {
+
+template <typename T>
+struct Scratch {  // one slab, sliced per team thread
+  Buffer<T> slab;
+  std::int64_t stride;
+  const ConvPlan& plan;
+  explicit Scratch(const ConvPlan& p)
+      : slab(make_buffer<T>(p.team * (p.col_elems + p.pack_a_elems + p.pack_b_elems +
+                                       p.partial_elems))),
+        stride(p.col_elems + p.pack_a_elems + p.pack_b_elems + p.partial_elems),
+        plan(p) {}
+  T* col(int t) const { return slab.get() + t * stride; }
+  T* pack_a(int t) const { return col(t) + plan.col_elems; }
+  T* pack_b(int t) const { return pack_a(t) + plan.pack_a_elems; }
+  T* partial(int t) const { return pack_b(t) + plan.pack_b_elems; }
+};
+
+// First and one-past-last image of team thread t (contiguous blocks, so the
+// batch reduction order depends only on the team size).
+inline void image_range(std::int64_t batch, int team, int t, std::int64_t* lo,
+                        std::int64_t* hi) {
+  *lo = batch * t / team;
+  *hi = batch * (t + 1) / team;
+}
+
+template <typename T>
+void forward_image(const T* x_n, const T* w, const T* b, const Conv2dShape& s,
+                   const ConvPlan& p, T* col, T* pack_a, T* pack_b, T* y_n) {
+  const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
+  const T* src = x_n;
+  if (!p.direct) {
+    im2col_image(x_n, s, col);
+    src = col;
+  }
+  for (std::int64_t i = 0; i < f; ++i) std::fill(y_n + i * cols, y_n + (i + 1) * cols, b[i]);
+  gemm_impl<T>().run(f, cols, ckk, T(1), MatRef<T>{w, f, ckk, ckk, 1},
+                     MatRef<T>{src, ckk, cols, cols, 1}, T(1), y_n, cols, pack_a, pack_b,
+                     p.gemm_threads);
+}
+
+// dw (+)= dy_n * col_n^T, db (+)= row sums of dy_n, and dx_n when wanted.
+template <typename T>
+void backward_image(const T* x_n, const T* w, const T* dy_n, const Conv2dShape& s,
+                    const ConvPlan& p, bool first, T* col, T* pack_a, T* pack_b, T* dw, T* db,
+                    T* dx_n) {
+  const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
+  const GemmImpl<T>& g = gemm_impl<T>();
+  const T* src = x_n;
+  if (!p.direct) {
+    im2col_image(x_n, s, col);
+    src = col;
+  }
+  g.run(f, ckk, cols, T(1), MatRef<T>{dy_n, f, cols, cols, 1},
+        MatRef<T>{src, ckk, cols, cols, 1}.t(), first ? T(0) : T(1), dw, ckk, pack_a, pack_b,
+        p.gemm_threads);
+  for (std::int64_t i = 0; i < f; ++i) {
+    T sum = T(0);
+    const T* row = dy_n + i * cols;
+    for (std::int64_t j = 0; j < cols; ++j) sum += row[j];
+    db[i] = first ? sum : db[i] + sum;
+  }
+  if (dx_n == nullptr) return;
+  // dcol = w^T * dy_n; col is free again, so it holds dcol.
+  T* dcol = p.direct ? dx_n : col;
+  g.run(ckk, cols, f, T(1), MatRef<T>{w, f, ckk, ckk, 1}.t(), MatRef<T>{dy_n, f, cols, cols, 1},
+        T(0), dcol, cols, pack_a, pack_b, p.gemm_threads);
+  if (!p.direct) col2im_image(dcol, s, dx_n);
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T* y) {
+  if (s.batch == 0) return;
+  const ConvPlan p = conv2d_plan<T>(s, num_threads(), false);
+  Scratch<T> scratch(p);
+  const std::int64_t x_img = s.channels * s.height * s.width;
+  const std::int64_t y_img = s.filters * s.col_cols();
+  if (p.team == 1) {
+    for (std::int64_t n = 0; n < s.batch; ++n)
+      forward_image(x + n * x_img, w, b, s, p, scratch.col(0), scratch.pack_a(0),
+                    scratch.pack_b(0), y + n * y_img);
+    return;
+  }
+#pragma omp parallel num_threads(p.team)
+  {
+    int t = 0;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+#endif
+#pragma omp for schedule(dynamic, 1)
+    for (std::int64_t n = 0; n < s.batch; ++n)
+      forward_image(x + n * x_img, w, b, s, p, scratch.col(t), scratch.pack_a(t),
+                    scratch.pack_b(t), y + n * y_img);
+  }
+}
+
+template <typename T>
+void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, T* dx, T* dw,
+                     T* db) {
+  const std::int64_t ckk = s.col_rows(), f = s.filters;
+  if (s.batch == 0) {
+    std::fill(dw, dw + f * ckk, T(0));
+    std::fill(db, db + f, T(0));
+    return;
+  }
+  const ConvPlan p = conv2d_plan<T>(s, num_threads(), true);
+  Scratch<T> scratch(p);
+  const std::int64_t x_img = s.channels * s.height * s.width;
+  const std::int64_t y_img = s.filters * s.col_cols();
+  if (p.team == 1) {
+    for (std::int64_t n = 0; n < s.batch; ++n)
+      backward_image(x + n * x_img, w, dy + n * y_img, s, p, n == 0, scratch.col(0),
+                     scratch.pack_a(0), scratch.pack_b(0), dw, db,
+                     dx ? dx + n * x_img : nullptr);
+    return;
+  }
+  // Thread t sums its block of images into its partial (thread 0 straight into
+  // dw/db); the partials are then added in thread order.
+#pragma omp parallel num_threads(p.team)
+  {
+    int t = 0;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+#endif
+    std::int64_t lo, hi;
+    image_range(s.batch, p.team, t, &lo, &hi);
+    T* pw = t == 0 ? dw : scratch.partial(t);
+    T* pb = t == 0 ? db : scratch.partial(t) + f * ckk;
+    if (lo == hi) {
+      std::fill(pw, pw + f * ckk, T(0));
+      std::fill(pb, pb + f, T(0));
+    }
+    for (std::int64_t n = lo; n < hi; ++n)
+      backward_image(x + n * x_img, w, dy + n * y_img, s, p, n == lo, scratch.col(t),
+                     scratch.pack_a(t), scratch.pack_b(t), pw, pb,
+                     dx ? dx + n * x_img : nullptr);
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (std::int64_t i = 0; i < f * ckk + f; ++i) {
+      T* out = i < f * ckk ? dw + i : db + (i - f * ckk);
+      for (int u = 1; u < p.team; ++u) *out += scratch.partial(u)[i];
+    }
+  }
+}
+
+template ConvPlan conv2d_plan<float>(const Conv2dShape&, int, bool);
+template ConvPlan conv2d_plan<double>(const Conv2dShape&, int, bool);
+template void conv2d_forward<float>(const float*, const float*, const float*, const Conv2dShape&,
+                                    float*);
+template void conv2d_forward<double>(const double*, const double*, const double*,
+                                     const Conv2dShape&, double*);
+template void conv2d_backward<float>(const float*, const float*, const float*,
+                                     const Conv2dShape&, float*, float*, float*);
+template void conv2d_backward<double>(const double*, const double*, const double*,
+                                      const Conv2dShape&, double*, double*, double*);
+
+}  // namespace pyconv

@@ -1,0 +1,41 @@
+// 2-D convolution (cross-correlation) forward and backward by im2col + GEMM.
+// x (N, C, H, W), w (F, C, KH, KW), b (F), y (N, F, OH, OW); C-contiguous.
+// Per image: y_n (F x OH*OW) = w (F x C*KH*KW) * col_n + b.
+#pragma once
+
+#include <cstdint>
+
+#include "shape.h"
+
+namespace pyconv {
+
+// How a call is run and what scratch it needs; one function decides, so the
+// kernels and the workspace report cannot disagree.
+struct ConvPlan {
+  int team;          // threads splitting the batch (1: images in order)
+  int gemm_threads;  // threads inside each GEMM (1 when team > 1)
+  bool direct;       // 1x1 kernel, stride 1, no padding: col_n is x_n itself
+  std::int64_t col_elems;       // per team thread
+  std::int64_t pack_a_elems;    // per team thread (covers its GEMM threads)
+  std::int64_t pack_b_elems;    // per team thread
+  std::int64_t partial_elems;   // per team thread: dW and db partial sums
+  std::int64_t bytes;           // total scratch of the call
+};
+
+template <typename T>
+ConvPlan conv2d_plan(const Conv2dShape& s, int nthreads, bool backward);
+
+// y <- w * x + b (overwrites y).
+// Preconditions: all sizes >= 1 except batch >= 0; out_h(), out_w() >= 1;
+// every product of sizes fits in int64 (checked by the caller).
+template <typename T>
+void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T* y);
+
+// Gradients of conv2d_forward: dw, db overwritten; dx overwritten unless
+// null (then not computed). Summation over the batch is in a fixed order for
+// a given thread count, so results repeat exactly.
+template <typename T>
+void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, T* dx, T* dw,
+                     T* db);
+
+}  // namespace pyconv

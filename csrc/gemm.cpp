@@ -1,0 +1,146 @@
+// Run-time choice of the GEMM code path, and the allocating gemm() entry
+// point. The kernels themselves live in gemm_kernels.h (one TU per ISA).
+#include "gemm.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "runtime.h"
+
+namespace pyconv {
+
+namespace isa_generic {
+GemmImpl<float> make_gemm_float();
+GemmImpl<double> make_gemm_double();
+}  // namespace isa_generic
+#ifdef PYCONV_HAVE_X86_KERNELS
+namespace isa_avx2 {
+GemmImpl<float> make_gemm_float();
+GemmImpl<double> make_gemm_double();
+}  // namespace isa_avx2
+namespace isa_avx512 {
+GemmImpl<float> make_gemm_float();
+GemmImpl<double> make_gemm_double();
+}  // namespace isa_avx512
+#endif
+
+namespace {
+
+struct IsaEntry {
+  const char* name;
+  bool (*supported)();
+  GemmImpl<float> (*f32)();
+  GemmImpl<double> (*f64)();
+};
+
+bool always() { return true; }
+#ifdef PYCONV_HAVE_X86_KERNELS
+bool has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+bool has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && has_avx2();
+}
+#endif
+
+// Best first.
+const IsaEntry kIsas[] = {
+#ifdef PYCONV_HAVE_X86_KERNELS
+    {"avx512", &has_avx512, &isa_avx512::make_gemm_float, &isa_avx512::make_gemm_double},
+    {"avx2", &has_avx2, &isa_avx2::make_gemm_float, &isa_avx2::make_gemm_double},
+#endif
+    {"generic", &always, &isa_generic::make_gemm_float, &isa_generic::make_gemm_double},
+};
+
+struct Selected {
+  GemmImpl<float> f32;
+  GemmImpl<double> f64;
+};
+
+Selected make_selected(const IsaEntry& e) { return {e.f32(), e.f64()}; }
+
+// PYCONV_ISA=generic|avx2|avx512 forces a path (ignored if unsupported here).
+Selected initial() {
+  const char* forced = std::getenv("PYCONV_ISA");
+  if (forced != nullptr)
+    for (const IsaEntry& e : kIsas)
+      if (std::strcmp(e.name, forced) == 0 && e.supported()) return make_selected(e);
+  for (const IsaEntry& e : kIsas)
+    if (e.supported()) return make_selected(e);
+  return make_selected(kIsas[sizeof(kIsas) / sizeof(kIsas[0]) - 1]);
+}
+
+Selected& selected() {
+  static Selected s = initial();
+  return s;
+}
+
+}  // namespace
+
+template <>
+const GemmImpl<float>& gemm_impl<float>() {
+  return selected().f32;
+}
+template <>
+const GemmImpl<double>& gemm_impl<double>() {
+  return selected().f64;
+}
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> out;
+  for (const IsaEntry& e : kIsas)
+    if (e.supported()) out.emplace_back(e.name);
+  return out;
+}
+
+std::string current_isa() { return selected().f32.isa; }
+
+bool select_isa(const std::string& name) {
+  for (const IsaEntry& e : kIsas)
+    if (name == e.name && e.supported()) {
+      selected() = make_selected(e);
+      return true;
+    }
+  return false;
+}
+
+template <typename T>
+GemmWorkspace gemm_workspace(const BlockSizes& bs, std::int64_t m, std::int64_t n,
+                             std::int64_t k) {
+  auto round_up = [](std::int64_t v, std::int64_t to) { return (v + to - 1) / to * to; };
+  const std::int64_t kc = k < bs.kc ? k : bs.kc;
+  const std::int64_t mc = round_up(m < bs.mc ? m : bs.mc, bs.mr);
+  const std::int64_t nc = round_up(n < bs.nc ? n : bs.nc, bs.nr);
+  return {mc * kc, nc * kc};
+}
+
+// Below this many flops a second thread costs more (region start-up, a
+// shared pack of B) than it saves; measured with benchmarks/bench_gemm.py.
+constexpr double kParallelFlops = 2.0e6;
+
+template <typename T>
+void gemm(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a, MatRef<T> b,
+          T beta, T* c, std::int64_t ldc, int nthreads) {
+  const GemmImpl<T>& impl = gemm_impl<T>();
+  if (2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) <
+      kParallelFlops)
+    nthreads = 1;
+  const GemmWorkspace ws = gemm_workspace<T>(impl.bs, m, n, k);
+  Buffer<T> pack_a = make_buffer<T>(ws.pack_a_per_thread * nthreads);
+  Buffer<T> pack_b = make_buffer<T>(ws.pack_b);
+  impl.run(m, n, k, alpha, a, b, beta, c, ldc, pack_a.get(), pack_b.get(), nthreads);
+}
+
+template GemmWorkspace gemm_workspace<float>(const BlockSizes&, std::int64_t, std::int64_t,
+                                             std::int64_t);
+template GemmWorkspace gemm_workspace<double>(const BlockSizes&, std::int64_t, std::int64_t,
+                                              std::int64_t);
+template void gemm<float>(std::int64_t, std::int64_t, std::int64_t, float, MatRef<float>,
+                          MatRef<float>, float, float*, std::int64_t, int);
+template void gemm<double>(std::int64_t, std::int64_t, std::int64_t, double, MatRef<double>,
+                           MatRef<double>, double, double*, std::int64_t, int);
+
+}  // namespace pyconv

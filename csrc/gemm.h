@@ -1,0 +1,69 @@
+// Blocked GEMM, C = alpha * A * B + beta * C, in the BLIS five-loop structure.
+// A and B are strided views (a transpose is a swap of rs/cs); C is row-major
+// with leading dimension ldc. The micro-kernels are compiled once per ISA level
+// (gemm_generic.cpp, gemm_avx2.cpp, gemm_avx512.cpp) and the best one the CPU
+// supports is chosen at run time (select_isa / PYCONV_ISA).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pyconv {
+
+template <typename T>
+struct MatRef {  // element (i, j) is data[i * rs + j * cs]; t() is free
+  const T* data;
+  std::int64_t rows, cols, rs, cs;
+  MatRef t() const { return {data, cols, rows, cs, rs}; }
+};
+
+struct BlockSizes {
+  std::int64_t mr, nr;  // register block of the micro-kernel
+  std::int64_t kc;      // k depth of a packed panel
+  std::int64_t mc;      // rows of the packed A block
+  std::int64_t nc;      // columns of the packed B block
+};
+
+// Scratch a gemm call needs, in elements of T: one packed B block shared by
+// the threads and one packed A block per thread.
+struct GemmWorkspace {
+  std::int64_t pack_a_per_thread, pack_b;
+};
+
+// One ISA's implementation. run() computes the whole product with `nthreads`
+// threads (1: no parallel region at all, safe to call from inside one), using
+// caller-owned pack buffers of the sizes workspace() gives.
+template <typename T>
+struct GemmImpl {
+  const char* isa;
+  BlockSizes bs;
+  void (*run)(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a,
+              MatRef<T> b, T beta, T* c, std::int64_t ldc, T* pack_a, T* pack_b,
+              int nthreads);
+};
+
+template <typename T>
+GemmWorkspace gemm_workspace(const BlockSizes& bs, std::int64_t m, std::int64_t n,
+                             std::int64_t k);
+
+// The implementation in use for T (the selected ISA).
+template <typename T>
+const GemmImpl<T>& gemm_impl();
+
+// Names of the code paths this CPU can run, best first; the selected one.
+std::vector<std::string> available_isas();
+std::string current_isa();
+// Selects a code path by name; returns false if unknown or unsupported here.
+bool select_isa(const std::string& name);
+
+// C (m x n, row-major, ldc) = alpha * A (m x k) * B (k x n) + beta * C.
+// beta == 0: C is write-only (never read; may hold NaN). Allocates its pack
+// buffers, then runs with `nthreads` threads.
+// Preconditions: m, n, k >= 0; a.rows == m, a.cols == k, b.rows == k,
+// b.cols == n; ldc >= n.
+template <typename T>
+void gemm(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a, MatRef<T> b,
+          T beta, T* c, std::int64_t ldc, int nthreads);
+
+}  // namespace pyconv

@@ -1,0 +1,327 @@
+// The GEMM kernels, compiled once per ISA level: each gemm_<isa>.cpp defines
+// PYCONV_ISA (a namespace name) and one of PYCONV_ISA_AVX512 / PYCONV_ISA_AVX2
+// (none: the portable baseline), then includes this file with its own compiler
+// flags. Everything here has internal linkage or lives in namespace
+// pyconv::PYCONV_ISA, and no std:: template is instantiated, so no function
+// compiled with wider instructions can leak into another translation unit.
+//
+// Layout: packed A is MR x KC micro-panels stored k-major (a[p*MR + i]);
+// packed B is KC x NR micro-panels (b[p*NR + j]); both zero-padded to MR/NR so
+// the micro-kernel's k loop has no edge case. Edges are handled only when
+// writing C.
+#pragma once
+
+#include <cstdint>
+
+#include "gemm.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifndef PYCONV_ISA
+#error "define PYCONV_ISA before including gemm_kernels.h"
+#endif
+
+namespace pyconv {
+namespace PYCONV_ISA {
+namespace {
+
+using std::int64_t;
+
+// ---- Block sizes: the one place they are set --------------------------------
+// MR x NR is the register block: MR broadcasts of A times NV = NR/VL vectors of
+// B, MR*NV accumulators. KC: the KC x NR micro-panel of B stays in L1 while
+// the ir loop streams A. MC: the MC x KC block of A stays in L2 (half of a
+// 1-2 MiB L2). NC: the KC x NC block of B stays in the shared L3.
+#if defined(PYCONV_ISA_AVX512)
+constexpr int kVecBytes = 64;  // 32 zmm registers
+template <typename T> struct Blocking;
+template <> struct Blocking<float> {   // 24 accumulators + 4 B vectors
+  static constexpr int MR = 6, NV = 4;
+  static constexpr int64_t KC = 256, MC = 144, NC = 4096;
+};
+template <> struct Blocking<double> {
+  static constexpr int MR = 6, NV = 4;
+  static constexpr int64_t KC = 256, MC = 72, NC = 2048;
+};
+#elif defined(PYCONV_ISA_AVX2)
+constexpr int kVecBytes = 32;  // 16 ymm registers
+template <typename T> struct Blocking;
+template <> struct Blocking<float> {   // 12 accumulators + 2 B vectors
+  static constexpr int MR = 6, NV = 2;
+  static constexpr int64_t KC = 256, MC = 144, NC = 4096;
+};
+template <> struct Blocking<double> {
+  static constexpr int MR = 6, NV = 2;
+  static constexpr int64_t KC = 256, MC = 96, NC = 2048;
+};
+#else
+constexpr int kVecBytes = 16;  // SSE2 / NEON: 16 registers assumed
+template <typename T> struct Blocking;
+template <> struct Blocking<float> {   // 8 accumulators + 2 B vectors
+  static constexpr int MR = 4, NV = 2;
+  static constexpr int64_t KC = 256, MC = 128, NC = 2048;
+};
+template <> struct Blocking<double> {
+  static constexpr int MR = 4, NV = 2;
+  static constexpr int64_t KC = 256, MC = 64, NC = 1024;
+};
+#endif
+
+// GCC/Clang vector extensions: the compiler maps them to the widest registers
+// of this translation unit's ISA, with no intrinsics. VecU is the unaligned
+// flavour used to touch C.
+template <typename T> struct VecOf;
+template <> struct VecOf<float> {
+  typedef float V __attribute__((vector_size(kVecBytes)));
+  typedef float VU __attribute__((vector_size(kVecBytes), aligned(4)));
+};
+template <> struct VecOf<double> {
+  typedef double V __attribute__((vector_size(kVecBytes)));
+  typedef double VU __attribute__((vector_size(kVecBytes), aligned(8)));
+};
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---- Micro-kernel ------------------------------------------------------------
+// C[0:m_cur, 0:n_cur] = alpha * (A_panel * B_panel) + beta * C, over kc.
+template <typename T>
+inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b,
+                         T* __restrict c, int64_t ldc, T alpha, T beta, int64_t m_cur,
+                         int64_t n_cur) {
+  using V = typename VecOf<T>::V;
+  using VU = typename VecOf<T>::VU;
+  constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV;
+  constexpr int VL = kVecBytes / sizeof(T), NR = NV * VL;
+
+  V acc[MR][NV];
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) acc[i][j] = V{};
+
+  for (int64_t p = 0; p < kc; ++p) {
+    V bv[NV];
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) bv[j] = *reinterpret_cast<const V*>(b + j * VL);
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i) {
+      const V av = V{} + a[i];
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
+    }
+    a += MR;
+    b += NR;
+  }
+
+  if (m_cur == MR && n_cur == NR) {
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) {
+        VU* cp = reinterpret_cast<VU*>(c + i * ldc + j * VL);
+        if (beta == T(0))
+          *cp = alpha * acc[i][j];
+        else
+          *cp = alpha * acc[i][j] + beta * *cp;
+      }
+    return;
+  }
+  alignas(64) T tile[MR * NR];
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) *reinterpret_cast<V*>(tile + i * NR + j * VL) = acc[i][j];
+  for (int64_t i = 0; i < m_cur; ++i)
+    for (int64_t j = 0; j < n_cur; ++j) {
+      T* cp = c + i * ldc + j;
+      *cp = beta == T(0) ? alpha * tile[i * NR + j] : alpha * tile[i * NR + j] + beta * *cp;
+    }
+}
+
+// ---- Packing -----------------------------------------------------------------
+// A block (mc x kc at a, strides rs/cs) -> ceil(mc/MR) micro-panels MR x kc.
+template <typename T>
+void pack_a_panel(int64_t kc, int64_t m_cur, const T* a, int64_t rs, int64_t cs, T* dst) {
+  constexpr int MR = Blocking<T>::MR;
+  if (cs == 1) {
+    for (int64_t i = 0; i < m_cur; ++i)
+      for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = a[i * rs + p];
+  } else {
+    for (int64_t p = 0; p < kc; ++p)
+      for (int64_t i = 0; i < m_cur; ++i) dst[p * MR + i] = a[i * rs + p * cs];
+  }
+  for (int64_t i = m_cur; i < MR; ++i)
+    for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = T(0);
+}
+
+// B block column panel (kc x n_cur at b, strides rs/cs) -> one kc x NR panel.
+template <typename T>
+void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs, T* dst) {
+  constexpr int NR = Blocking<T>::NV * (kVecBytes / static_cast<int>(sizeof(T)));
+  if (cs == 1) {
+    for (int64_t p = 0; p < kc; ++p) {
+      const T* src = b + p * rs;
+      T* d = dst + p * NR;
+      for (int64_t j = 0; j < n_cur; ++j) d[j] = src[j];
+      for (int64_t j = n_cur; j < NR; ++j) d[j] = T(0);
+    }
+  } else {
+    for (int64_t j = 0; j < n_cur; ++j)
+      for (int64_t p = 0; p < kc; ++p) dst[p * NR + j] = b[j * cs + p * rs];
+    for (int64_t p = 0; p < kc; ++p)
+      for (int64_t j = n_cur; j < NR; ++j) dst[p * NR + j] = T(0);
+  }
+}
+
+// ---- Work sharing --------------------------------------------------------------
+// The five-loop driver is written once against a "team": SerialTeam runs a
+// loop in order on the calling thread (no OpenMP construct at all, so it is
+// safe inside someone else's parallel region); OmpTeam shares the loop among
+// the threads of the enclosing region, dynamically, which keeps a thread on a
+// busy core from holding the others up. Both end each loop with a barrier.
+struct SerialTeam {
+  template <class F> void for_each(int64_t count, F&& f) {
+    for (int64_t i = 0; i < count; ++i) f(i, 0);
+  }
+};
+
+#ifdef _OPENMP
+struct OmpTeam {
+  int tid;
+  template <class F> void for_each(int64_t count, F&& f) {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < count; ++i) f(i, tid);
+  }
+};
+#endif
+
+template <typename T>
+struct Problem {
+  int64_t m, n, k;
+  T alpha;
+  MatRef<T> a, b;
+  T beta;
+  T* c;
+  int64_t ldc;
+  T* pack_a;  // nthreads slots of pack_a_stride elements
+  T* pack_b;
+  int64_t pack_a_stride;
+  int nthreads;
+};
+
+// The five loops: jc (NC) -> pc (KC, pack B) -> ic (MC, pack A) -> jr (NR)
+// -> ir (MR) -> micro_kernel. Threads split ic when m gives every thread at
+// least a few MR panels (each packs its own A block, all share packed B);
+// otherwise they split jr and share one packed A block.
+template <typename T, class Team>
+void drive(const Problem<T>& P, Team& team) {
+  constexpr int64_t MR = Blocking<T>::MR, KC = Blocking<T>::KC, MC = Blocking<T>::MC,
+                    NC = Blocking<T>::NC;
+  constexpr int64_t NR = Blocking<T>::NV * (kVecBytes / static_cast<int64_t>(sizeof(T)));
+  const int64_t nt = P.nthreads;
+  const bool split_ic = nt > 1 && P.m >= nt * 4 * MR;
+  // Row blocks: at least ceil(m/MC); with split_ic, a multiple of the thread
+  // count so the threads get equal shares.
+  int64_t m_blocks = ceil_div(P.m, MC);
+  if (split_ic) m_blocks = ceil_div(m_blocks > nt ? m_blocks : nt, nt) * nt;
+  const int64_t mc_blk = ceil_div(ceil_div(P.m, m_blocks), MR) * MR;
+  m_blocks = ceil_div(P.m, mc_blk);
+
+  for (int64_t jc = 0; jc < P.n; jc += NC) {  // loop 5: jc
+    const int64_t nc_cur = min64(NC, P.n - jc);
+    const int64_t n_panels = ceil_div(nc_cur, NR);
+    for (int64_t pc = 0; pc < P.k; pc += KC) {  // loop 4: pc
+      const int64_t kc_cur = min64(KC, P.k - pc);
+      const T beta_cur = pc == 0 ? P.beta : T(1);
+      team.for_each(n_panels, [&](int64_t jp, int) {  // pack B, shared
+        const int64_t j0 = jc + jp * NR;
+        pack_b_panel<T>(kc_cur, min64(NR, P.n - j0), P.b.data + pc * P.b.rs + j0 * P.b.cs,
+                        P.b.rs, P.b.cs, P.pack_b + jp * NR * kc_cur);
+      });
+      auto macro = [&](int64_t ic, int64_t mc_cur, const T* pa, int64_t jp_begin,
+                       int64_t jp_end) {
+        for (int64_t jp = jp_begin; jp < jp_end; ++jp) {  // loop 2: jr
+          const int64_t j0 = jc + jp * NR;
+          const int64_t n_cur = min64(NR, P.n - j0);
+          const T* pb = P.pack_b + jp * NR * kc_cur;
+          for (int64_t ir = 0; ir < mc_cur; ir += MR) {  // loop 1: ir
+            micro_kernel<T>(kc_cur, pa + ir * kc_cur, pb, P.c + (ic + ir) * P.ldc + j0, P.ldc,
+                            P.alpha, beta_cur, min64(MR, mc_cur - ir), n_cur);
+          }
+        }
+      };
+      if (split_ic) {
+        team.for_each(m_blocks, [&](int64_t ib, int tid) {  // loop 3: ic, split
+          const int64_t ic = ib * mc_blk;
+          const int64_t mc_cur = min64(mc_blk, P.m - ic);
+          T* pa = P.pack_a + tid * P.pack_a_stride;
+          for (int64_t ir = 0; ir < mc_cur; ir += MR)
+            pack_a_panel<T>(kc_cur, min64(MR, mc_cur - ir),
+                            P.a.data + (ic + ir) * P.a.rs + pc * P.a.cs, P.a.rs, P.a.cs,
+                            pa + ir * kc_cur);
+          macro(ic, mc_cur, pa, 0, n_panels);
+        });
+      } else {
+        for (int64_t ic = 0; ic < P.m; ic += mc_blk) {  // loop 3: ic, shared A
+          const int64_t mc_cur = min64(mc_blk, P.m - ic);
+          team.for_each(ceil_div(mc_cur, MR), [&](int64_t ip, int) {
+            const int64_t ir = ip * MR;
+            pack_a_panel<T>(kc_cur, min64(MR, mc_cur - ir),
+                            P.a.data + (ic + ir) * P.a.rs + pc * P.a.cs, P.a.rs, P.a.cs,
+                            P.pack_a + ir * kc_cur);
+          });
+          team.for_each(n_panels, [&](int64_t jp, int) {
+            macro(ic, mc_cur, P.pack_a, jp, jp + 1);
+          });
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void run(int64_t m, int64_t n, int64_t k, T alpha, MatRef<T> a, MatRef<T> b, T beta, T* c,
+         int64_t ldc, T* pack_a, T* pack_b, int nthreads) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0 || alpha == T(0)) {  // C = beta * C, A and B not read
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    return;
+  }
+  constexpr int64_t MR = Blocking<T>::MR, KC = Blocking<T>::KC;
+  const int64_t mc_max = ceil_div(min64(Blocking<T>::MC, m), MR) * MR;
+  Problem<T> P{m, n, k, alpha, a, b, beta, c, ldc, pack_a, pack_b,
+               mc_max * min64(KC, k), nthreads < 1 ? 1 : nthreads};
+#ifdef _OPENMP
+  if (P.nthreads > 1) {
+#pragma omp parallel num_threads(P.nthreads)
+    {
+      OmpTeam team{omp_get_thread_num()};
+      drive<T>(P, team);
+    }
+    return;
+  }
+#endif
+  P.nthreads = 1;
+  SerialTeam team;
+  drive<T>(P, team);
+}
+
+template <typename T>
+BlockSizes block_sizes() {
+  return {Blocking<T>::MR, Blocking<T>::NV * (kVecBytes / static_cast<int64_t>(sizeof(T))),
+          Blocking<T>::KC, Blocking<T>::MC, Blocking<T>::NC};
+}
+
+}  // namespace
+
+GemmImpl<float> make_gemm_float() { return {PYCONV_ISA_NAME, block_sizes<float>(), &run<float>}; }
+GemmImpl<double> make_gemm_double() {
+  return {PYCONV_ISA_NAME, block_sizes<double>(), &run<double>};
+}
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

@@ -1,0 +1,24 @@
+// Max pooling over NCHW planes; padding counts as -inf (never selected), which
+// needs pad <= kernel/2 so that every window holds a real element.
+#pragma once
+
+#include <cstdint>
+
+#include "shape.h"
+
+namespace pyconv {
+
+// y (N, C, OH, OW) <- window maxima of x; argmax <- flat index ih*W + iw of
+// the first maximum in row-major window order (np.argmax's tie rule); a window
+// holding NaN yields NaN with argmax at its first NaN. Overwrites y and argmax.
+template <typename T>
+void max_pool2d_forward(const T* x, const Pool2dShape& s, T* y, std::int64_t* argmax);
+
+// dx (planes x in_plane) <- zeros, then per plane dx[argmax[i]] += dy[i] for
+// its out_plane windows. Precondition: every argmax value is in [0, in_plane)
+// (checked by the caller).
+template <typename T>
+void max_pool2d_backward(const T* dy, const std::int64_t* argmax, std::int64_t planes,
+                         std::int64_t in_plane, std::int64_t out_plane, T* dx);
+
+}  // namespace pyconv

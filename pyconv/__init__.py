@@ -1,0 +1,57 @@
+"""pyconv: fast CPU convolution layers for Python.
+
+A compiled C++17/OpenMP core (im2col, a blocked SIMD GEMM, convolution and
+pooling) behind the layer names readers of *Deep Learning from Scratch* know.
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+# Threads that wait should sleep, not spin: on a shared or busy machine a
+# spinning OpenMP barrier turns a 2-thread run into a cliff. libgomp reads this
+# when it loads, i.e. on the import of _core just below; a user's own setting wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import _core  # noqa: E402
+from . import functional, layers  # noqa: E402
+from .functional import col2im, im2col  # noqa: E402
+
+__version__ = _core.__version__
+
+__all__ = [
+    "__version__",
+    "col2im",
+    "functional",
+    "get_num_threads",
+    "im2col",
+    "layers",
+    "set_num_threads",
+    "show_config",
+]
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads pyconv's kernels use (n >= 1)."""
+    n = functional._int_arg(n, "n")
+    if n < 1:
+        raise ValueError(f"set_num_threads: expected n >= 1, but got {n}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads pyconv's kernels use; defaults to OMP_NUM_THREADS or the CPU count."""
+    return _core.get_num_threads()
+
+
+def config() -> dict:
+    """Build and run-time configuration as a dict (see :func:`show_config`)."""
+    return dict(_core.config())
+
+
+def show_config() -> None:
+    """Print version, compiler, OpenMP, threads and the SIMD code path in use."""
+    cfg = config()
+    width = max(len(k) for k in cfg)
+    for key, value in cfg.items():
+        print(f"{key:<{width}} : {value}")
