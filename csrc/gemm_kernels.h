@@ -39,11 +39,11 @@ constexpr int kVecBytes = 64;  // 32 zmm registers
 template <typename T> struct Blocking;
 template <> struct Blocking<float> {   // 24 accumulators + 4 B vectors
   static constexpr int MR = 6, NV = 4;
-  static constexpr int64_t KC = 256, MC = 144, NC = 4096;
+  static constexpr int64_t KC = 128, MC = 144, NC = 4096;
 };
 template <> struct Blocking<double> {
   static constexpr int MR = 6, NV = 4;
-  static constexpr int64_t KC = 256, MC = 72, NC = 2048;
+  static constexpr int64_t KC = 128, MC = 144, NC = 2048;
 };
 #elif defined(PYCONV_ISA_AVX2)
 constexpr int kVecBytes = 32;  // 16 ymm registers
