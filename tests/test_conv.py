@@ -1,0 +1,336 @@
+"""Convolution (layer and functional) against the float64 oracle, known
+answers from the chapter, gradient checks and the layer contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference as ref
+from helpers import (
+    DTYPES,
+    EDGE_CONV_CASES,
+    ConvCase,
+    assert_close,
+    assert_directional,
+    assert_gradient,
+    conv_cases,
+    isa_settings,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+import pyconv.functional as F
+from pyconv.layers import Convolution
+
+# ---- known answers ------------------------------------------------------------
+
+# The chapter's example (Fig. 7-3/7-4): input (4, 4), filter (3, 3), stride 1.
+BOOK_X = np.array([[1, 2, 3, 0], [0, 1, 2, 3], [3, 0, 1, 2], [2, 3, 0, 1]], dtype=np.float64)
+BOOK_W = np.array([[2, 0, 1], [0, 1, 2], [1, 0, 2]], dtype=np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_book_example(dtype):
+    #   1 2 3 0                       15 16
+    #   0 1 2 3   (*)  2 0 1    ->     6 15      (+ bias 3 ->  18 19
+    #   3 0 1 2        0 1 2                                    9 18)
+    #   2 3 0 1        1 0 2
+    x = BOOK_X.astype(dtype).reshape(1, 1, 4, 4)
+    W = BOOK_W.astype(dtype).reshape(1, 1, 3, 3)
+    y0 = Convolution(W, np.zeros(1, dtype=dtype)).forward(x)
+    assert y0.dtype == dtype
+    np.testing.assert_array_equal(y0[0, 0], [[15, 16], [6, 15]])
+    y3 = F.conv2d(x, W, np.full(1, 3, dtype=dtype))
+    assert y3.shape == (1, 1, 2, 2) and y3.dtype == dtype
+    np.testing.assert_array_equal(y3[0, 0], [[18, 19], [9, 18]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_book_padding_example(dtype):
+    # Fig. 7-6: the same input zero-padded by 1 keeps its (4, 4) size:
+    #    7 12 10  2
+    #    4 15 16 10
+    #   10  6 15  6
+    #    8 10  4  3
+    x = BOOK_X.astype(dtype).reshape(1, 1, 4, 4)
+    W = BOOK_W.astype(dtype).reshape(1, 1, 3, 3)
+    y = Convolution(W, np.zeros(1, dtype=dtype), stride=1, pad=1).forward(x)
+    expected = [[7, 12, 10, 2], [4, 15, 16, 10], [10, 6, 15, 6], [8, 10, 4, 3]]
+    assert y.shape == (1, 1, 4, 4)
+    np.testing.assert_array_equal(y[0, 0], expected)
+    np.testing.assert_array_equal(ref.conv2d_forward(x, W, np.zeros(1), 1, 1)[0, 0], expected)
+
+
+def test_book_stride_example():
+    # Fig. 7-7: a (7, 7) input with a (3, 3) filter and stride 2 gives (3, 3).
+    x = np.arange(49, dtype=np.float64).reshape(1, 1, 7, 7)
+    W = np.ones((1, 1, 3, 3))
+    y = F.conv2d(x, W, np.zeros(1), stride=2)
+    assert y.shape == (1, 1, 3, 3)
+    # Each output is the sum of a 3x3 block whose centre is at (2a+1, 2b+1).
+    centres = x[0, 0, 1::2, 1::2][:3, :3]
+    np.testing.assert_array_equal(y[0, 0], 9 * centres)
+
+
+# ---- against the oracle ----------------------------------------------------------
+
+
+def _check_conv(case: ConvCase, dtype, seed: int, *, layer: bool = True) -> None:
+    """Forward and backward of one case vs the oracle, with rounding-aware
+    tolerances (scale = the same sums over absolute values)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(case.x_shape).astype(dtype)
+    W = rng.standard_normal(case.w_shape).astype(dtype)
+    b = rng.standard_normal(case.fn).astype(dtype)
+    s, p = case.stride, case.pad
+    oh, ow = case.out_hw
+    dout = rng.standard_normal((case.n, case.fn, oh, ow)).astype(dtype)
+    dout_copy = dout.copy()
+
+    if layer:
+        conv = Convolution(W, b, stride=s, pad=p)
+        y = conv.forward(x)
+        dx = conv.backward(dout)
+        dW, db = conv.dW, conv.db
+    else:
+        y = F.conv2d(x, W, b, stride=s, pad=p)
+        dx, dW, db = F.conv2d_backward(dout, x, W, stride=s, pad=p)
+
+    y_ref = ref.conv2d_forward(x, W, b, s, p)
+    y_mag = ref.conv2d_forward(np.abs(x), np.abs(W), np.abs(b), s, p)
+    assert_close(y, y_ref, dtype=dtype, name=f"forward {case} {dtype.__name__}", scale=y_mag)
+
+    dx_ref, dW_ref, db_ref = ref.conv2d_backward(dout, x, W, s, p)
+    dx_mag, dW_mag, db_mag = ref.conv2d_backward(np.abs(dout), np.abs(x), np.abs(W), s, p)
+    name = f"{case} {dtype.__name__}"
+    assert_close(dx, dx_ref, dtype=dtype, name=f"dx {name}", scale=dx_mag)
+    assert_close(dW, dW_ref, dtype=dtype, name=f"dW {name}", scale=dW_mag)
+    assert_close(db, db_ref, dtype=dtype, name=f"db {name}", scale=db_mag)
+    np.testing.assert_array_equal(dout, dout_copy, err_msg="backward mutated dout")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@isa_settings
+@given(case=conv_cases(), seed=st.integers(0, 2**32 - 1))
+def test_layer_matches_oracle(isa, dtype, case, seed):
+    _check_conv(case, dtype, seed, layer=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(case=conv_cases(max_n=5, max_c=4, max_hw=10, max_k=5, max_fn=6),
+       seed=st.integers(0, 2**32 - 1))
+def test_functional_matches_oracle(dtype, case, seed):
+    _check_conv(case, dtype, seed, layer=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", EDGE_CONV_CASES, ids=str)
+def test_edge_cases(isa, case, dtype):
+    _check_conv(case, dtype, seed=12345, layer=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_larger_shapes(isa, dtype):
+    # Big enough for several GEMM blocks per image (k = C*FH*FW = 150 > MR/NR,
+    # cols = 24*24 = 576), the SimpleConvNet first layer's shape.
+    for case in (ConvCase(3, 6, 28, 28, 30, 5, 5, 1, 2), ConvCase(1, 16, 12, 12, 20, 3, 3, 2, 1)):
+        _check_conv(case, dtype, seed=7, layer=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch(dtype):
+    W = np.ones((4, 3, 3, 3), dtype=dtype)
+    conv = Convolution(W, np.zeros(4, dtype=dtype), pad=1)
+    y = conv.forward(np.zeros((0, 3, 5, 5), dtype=dtype))
+    assert y.shape == (0, 4, 5, 5) and y.dtype == dtype
+    dx = conv.backward(np.zeros((0, 4, 5, 5), dtype=dtype))
+    assert dx.shape == (0, 3, 5, 5) and dx.dtype == dtype
+    np.testing.assert_array_equal(conv.dW, np.zeros_like(W))
+    np.testing.assert_array_equal(conv.db, np.zeros(4))
+    assert conv.dW.dtype == dtype and conv.db.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_without_dx(dtype):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(dtype)
+    W = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    dout = rng.standard_normal((2, 4, 3, 3)).astype(dtype)
+    dx, dW, db = F.conv2d_backward(dout, x, W, stride=2, pad=1, need_dx=False)
+    assert dx is None
+    _, dW_ref, db_ref = ref.conv2d_backward(dout, x, W, 2, 1)
+    _, dW_mag, db_mag = ref.conv2d_backward(np.abs(dout), np.abs(x), np.abs(W), 2, 1)
+    assert_close(dW, dW_ref, dtype=dtype, name="dW need_dx=False", scale=dW_mag)
+    assert_close(db, db_ref, dtype=dtype, name="db need_dx=False", scale=db_mag)
+
+
+# ---- gradient checks (float64, central differences) ----------------------------
+
+GRAD_CASES = [
+    ConvCase(2, 2, 5, 5, 3, 3, 3, 1, 0),
+    ConvCase(2, 3, 6, 5, 2, 3, 2, 2, 1),
+    ConvCase(3, 1, 4, 4, 2, 2, 2, 1, 1),
+    ConvCase(1, 2, 3, 3, 2, 1, 1, 1, 0),
+    ConvCase(2, 2, 7, 7, 2, 3, 3, 3, 2),
+]
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=str)
+def test_gradcheck(case):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(case.x_shape)
+    W = rng.standard_normal(case.w_shape)
+    b = rng.standard_normal(case.fn)
+    conv = Convolution(W, b, stride=case.stride, pad=case.pad)
+    oh, ow = case.out_hw
+    proj = rng.standard_normal((case.n, case.fn, oh, ow))  # loss = <conv(x), proj>
+
+    def loss() -> float:
+        return float(np.sum(conv.forward(x) * proj))
+
+    conv.forward(x)
+    dx = conv.backward(proj)
+    dW, db = conv.dW.copy(), conv.db.copy()
+    # W and b are held by reference, so perturbing them in place is seen.
+    assert_gradient(dx, loss, x, name=f"dx {case}")
+    assert_gradient(dW, loss, W, name=f"dW {case}")
+    assert_gradient(db, loss, b, name=f"db {case}")
+
+
+@given(case=conv_cases(min_n=1, max_n=3), seed=st.integers(0, 2**32 - 1))
+def test_directional_gradient(case, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(case.x_shape)
+    W = rng.standard_normal(case.w_shape)
+    b = rng.standard_normal(case.fn)
+    conv = Convolution(W, b, stride=case.stride, pad=case.pad)
+    oh, ow = case.out_hw
+    proj = rng.standard_normal((case.n, case.fn, oh, ow))
+
+    def loss() -> float:
+        return float(np.sum(conv.forward(x) * proj))
+
+    conv.forward(x)
+    dx = conv.backward(proj)
+    dW, db = conv.dW.copy(), conv.db.copy()
+    assert_directional(dx, loss, x, rng, name=f"dx {case}")
+    assert_directional(dW, loss, W, rng, name=f"dW {case}")
+    assert_directional(db, loss, b, rng, name=f"db {case}")
+
+
+# ---- layer contract ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_parameters_held_by_reference(dtype):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 5, 5)).astype(dtype)
+    W = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    conv = Convolution(W, b, pad=1)
+    assert conv.W is W and conv.b is b
+    conv.forward(x)
+    W -= 0.5 * W  # an optimizer's in-place update
+    b += 1.0
+    y = conv.forward(x)
+    y_mag = ref.conv2d_forward(np.abs(x), np.abs(W), np.abs(b), 1, 1)
+    assert_close(y, ref.conv2d_forward(x, W, b, 1, 1), dtype=dtype, name="after update",
+                 scale=y_mag)
+
+
+def test_non_contiguous_parameters_held_by_reference():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 2, 6, 6))
+    W = np.asfortranarray(rng.standard_normal((3, 2, 3, 2)))
+    big_b = rng.standard_normal(6)
+    b = big_b[::2]  # a strided view
+    conv = Convolution(W, b, stride=2)
+    conv.forward(x)
+    W[0, 0, 0, 0] += 10.0
+    big_b[0] += 5.0
+    y = conv.forward(x)
+    assert_close(y, ref.conv2d_forward(x, W, b, 2, 0), dtype=np.float64, name="F-order W")
+    dout = rng.standard_normal(y.shape)
+    dx = conv.backward(dout)
+    dx_ref, dW_ref, db_ref = ref.conv2d_backward(dout, x, W, 2, 0)
+    assert_close(dx, dx_ref, dtype=np.float64, name="dx F-order W")
+    assert_close(conv.dW, dW_ref, dtype=np.float64, name="dW F-order W")
+    assert_close(conv.db, db_ref, dtype=np.float64, name="db F-order W")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_input_views_and_layouts(dtype):
+    rng = np.random.default_rng(7)
+    W = rng.standard_normal((3, 4, 3, 2)).astype(dtype)
+    b = rng.standard_normal(3).astype(dtype)
+    base = rng.standard_normal((3, 8, 9, 11)).astype(dtype)
+    views = {
+        "strided": base[:, ::2, 1:, ::2],
+        "fortran": np.asfortranarray(base[:, :4]),
+        "transposed": base[:, :4].transpose(0, 1, 3, 2),
+        "negative-stride": base[::-1, 4:, ::-1],
+    }
+    for label, x in views.items():
+        assert not x.flags.c_contiguous
+        conv = Convolution(W, b, stride=1, pad=1)
+        y = conv.forward(x)
+        y_mag = ref.conv2d_forward(np.abs(x), np.abs(W), np.abs(b), 1, 1)
+        assert_close(y, ref.conv2d_forward(x, W, b, 1, 1), dtype=dtype, name=label, scale=y_mag)
+        dout_base = rng.standard_normal(y.shape[:3] + (2 * y.shape[3],)).astype(dtype)
+        dout = dout_base[..., ::2]  # a non-contiguous dout
+        dx = conv.backward(dout)
+        dx_ref, dW_ref, _ = ref.conv2d_backward(dout, x, W, 1, 1)
+        dx_mag, dW_mag, _ = ref.conv2d_backward(np.abs(dout), np.abs(x), np.abs(W), 1, 1)
+        assert_close(dx, dx_ref, dtype=dtype, name=f"dx {label}", scale=dx_mag)
+        assert_close(conv.dW, dW_ref, dtype=dtype, name=f"dW {label}", scale=dW_mag)
+
+
+@pytest.mark.parametrize("w_dtype", DTYPES)
+@pytest.mark.parametrize("x_dtype", [np.uint8, np.int32, np.int64, np.float16, np.bool_,
+                                     np.float32, np.float64])
+def test_input_dtypes_computed_in_w_dtype(x_dtype, w_dtype):
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 4, size=(3, 2, 5, 5)).astype(x_dtype)
+    W = rng.standard_normal((2, 2, 3, 3)).astype(w_dtype)
+    b = rng.standard_normal(2).astype(w_dtype)
+    conv = Convolution(W, b)
+    y = conv.forward(x)
+    x64 = x.astype(np.float64)
+    y_mag = ref.conv2d_forward(np.abs(x64), np.abs(W), np.abs(b))
+    assert_close(y, ref.conv2d_forward(x64, W, b), dtype=w_dtype, name=f"x {x_dtype.__name__}",
+                 scale=y_mag)
+    dout = rng.standard_normal(y.shape).astype(w_dtype)
+    dx = conv.backward(dout)
+    assert dx.dtype == w_dtype and dx.shape == x.shape
+    assert conv.dW.dtype == w_dtype and conv.db.dtype == w_dtype
+    # functional API: same rule
+    assert F.conv2d(x, W, b).dtype == w_dtype
+
+
+def test_backward_does_not_mutate_dout():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 2, 5, 5))
+    conv = Convolution(rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3), pad=1)
+    y = conv.forward(x)
+    dout = rng.standard_normal(y.shape)
+    before = dout.copy()
+    conv.backward(dout)
+    conv.backward(dout)
+    np.testing.assert_array_equal(dout, before)
+    dout.setflags(write=False)  # a read-only dout is fine too
+    conv.backward(dout)
+
+
+def test_backward_twice_gives_same_gradients():
+    # dW/db are overwritten, not accumulated, by each backward.
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((3, 2, 6, 6))
+    conv = Convolution(rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3))
+    y = conv.forward(x)
+    dout = rng.standard_normal(y.shape)
+    dx1 = conv.backward(dout)
+    dW1, db1 = conv.dW.copy(), conv.db.copy()
+    dx2 = conv.backward(dout)
+    np.testing.assert_array_equal(dx1, dx2)
+    np.testing.assert_array_equal(dW1, conv.dW)
+    np.testing.assert_array_equal(db1, conv.db)
