@@ -26,7 +26,9 @@ ConvPlan conv2d_plan(const Conv2dShape& s, int nthreads, bool backward) {
   p.gemm_threads = over_images ? 1 : static_cast<int>(nt);
   p.direct = s.kernel_h == 1 && s.kernel_w == 1 && s.stride == 1 && s.pad == 0;
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
-  p.col_elems = p.direct ? 0 : ckk * cols;
+  // The forward packs im2col straight into the GEMM's B panels; only the
+  // backward writes a column matrix (for dW, then reused for dx's columns).
+  p.col_elems = p.direct || !backward ? 0 : ckk * cols;
   const BlockSizes& bs = gemm_impl<T>().bs;
   // The largest of the GEMMs a call runs: forward (f, cols, ckk); backward
   // weight (f, ckk, cols) and input (ckk, cols, f).
@@ -79,17 +81,14 @@ inline void image_range(std::int64_t batch, int team, int t, std::int64_t* lo,
 
 template <typename T>
 void forward_image(const T* x_n, const T* w, const T* b, const Conv2dShape& s,
-                   const ConvPlan& p, T* col, T* pack_a, T* pack_b, T* y_n) {
+                   const ConvPlan& p, T* pack_a, T* pack_b, T* y_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
-  const T* src = x_n;
-  if (!p.direct) {
-    im2col_image(x_n, s, col);
-    src = col;
-  }
+  const Im2colPanels<T> panels{x_n, s};
+  const PackB<T> packer{&im2col_pack_panel<T>, &panels};
   for (std::int64_t i = 0; i < f; ++i) std::fill(y_n + i * cols, y_n + (i + 1) * cols, b[i]);
   gemm_impl<T>().run(f, cols, ckk, T(1), MatRef<T>{w, f, ckk, ckk, 1},
-                     MatRef<T>{src, ckk, cols, cols, 1}, T(1), y_n, cols, pack_a, pack_b,
-                     p.gemm_threads);
+                     MatRef<T>{x_n, ckk, cols, cols, 1}, T(1), y_n, cols, pack_a, pack_b,
+                     p.gemm_threads, p.direct ? nullptr : &packer);
 }
 
 // dw (+)= dy_n * col_n^T, db (+)= row sums of dy_n, and dx_n when wanted.
@@ -106,7 +105,7 @@ void backward_image(const T* x_n, const T* w, const T* dy_n, const Conv2dShape& 
   }
   g.run(f, ckk, cols, T(1), MatRef<T>{dy_n, f, cols, cols, 1},
         MatRef<T>{src, ckk, cols, cols, 1}.t(), first ? T(0) : T(1), dw, ckk, pack_a, pack_b,
-        p.gemm_threads);
+        p.gemm_threads, nullptr);
   for (std::int64_t i = 0; i < f; ++i) {
     T sum = T(0);
     const T* row = dy_n + i * cols;
@@ -117,7 +116,7 @@ void backward_image(const T* x_n, const T* w, const T* dy_n, const Conv2dShape& 
   // dcol = w^T * dy_n; col is free again, so it holds dcol.
   T* dcol = p.direct ? dx_n : col;
   g.run(ckk, cols, f, T(1), MatRef<T>{w, f, ckk, ckk, 1}.t(), MatRef<T>{dy_n, f, cols, cols, 1},
-        T(0), dcol, cols, pack_a, pack_b, p.gemm_threads);
+        T(0), dcol, cols, pack_a, pack_b, p.gemm_threads, nullptr);
   if (!p.direct) col2im_image(dcol, s, dx_n);
 }
 
@@ -132,7 +131,7 @@ void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T*
   const std::int64_t y_img = s.filters * s.col_cols();
   if (p.team == 1) {
     for (std::int64_t n = 0; n < s.batch; ++n)
-      forward_image(x + n * x_img, w, b, s, p, scratch.col(0), scratch.pack_a(0),
+      forward_image(x + n * x_img, w, b, s, p, scratch.pack_a(0),
                     scratch.pack_b(0), y + n * y_img);
     return;
   }
@@ -144,7 +143,7 @@ void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T*
 #endif
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t n = 0; n < s.batch; ++n)
-      forward_image(x + n * x_img, w, b, s, p, scratch.col(t), scratch.pack_a(t),
+      forward_image(x + n * x_img, w, b, s, p, scratch.pack_a(t),
                     scratch.pack_b(t), y + n * y_img);
   }
 }

@@ -131,7 +131,7 @@ void gemm(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a, 
   const GemmWorkspace ws = gemm_workspace<T>(impl.bs, m, n, k);
   Buffer<T> pack_a = make_buffer<T>(ws.pack_a_per_thread * nthreads);
   Buffer<T> pack_b = make_buffer<T>(ws.pack_b);
-  impl.run(m, n, k, alpha, a, b, beta, c, ldc, pack_a.get(), pack_b.get(), nthreads);
+  impl.run(m, n, k, alpha, a, b, beta, c, ldc, pack_a.get(), pack_b.get(), nthreads, nullptr);
 }
 
 template GemmWorkspace gemm_workspace<float>(const BlockSizes&, std::int64_t, std::int64_t,

@@ -25,6 +25,17 @@ struct BlockSizes {
   std::int64_t nc;      // columns of the packed B block
 };
 
+// Packs panels of B on the fly instead of reading a strided matrix (im2col
+// fused into the GEMM's packing, so the column matrix is never written):
+// fill(ctx, pc, kc, j0, n_cur, nr, dst) writes B[pc:pc+kc, j0:j0+n_cur] as kc
+// rows of nr elements (row p at dst + p*nr), zeros in columns n_cur..nr-1.
+template <typename T>
+struct PackB {
+  void (*fill)(const void* ctx, std::int64_t pc, std::int64_t kc, std::int64_t j0,
+               std::int64_t n_cur, std::int64_t nr, T* dst);
+  const void* ctx;
+};
+
 // Scratch a gemm call needs, in elements of T: one packed B block shared by
 // the threads and one packed A block per thread.
 struct GemmWorkspace {
@@ -33,14 +44,15 @@ struct GemmWorkspace {
 
 // One ISA's implementation. run() computes the whole product with `nthreads`
 // threads (1: no parallel region at all, safe to call from inside one), using
-// caller-owned pack buffers of the sizes workspace() gives.
+// caller-owned pack buffers of the sizes workspace() gives. With a non-null
+// packer, B's panels come from it and b is not read (only b.rows/b.cols).
 template <typename T>
 struct GemmImpl {
   const char* isa;
   BlockSizes bs;
   void (*run)(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a,
               MatRef<T> b, T beta, T* c, std::int64_t ldc, T* pack_a, T* pack_b,
-              int nthreads);
+              int nthreads, const PackB<T>* packer);
 };
 
 template <typename T>

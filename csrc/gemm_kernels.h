@@ -210,6 +210,7 @@ struct Problem {
   T* pack_b;
   int64_t pack_a_stride;
   int nthreads;
+  const PackB<T>* packer;  // null: pack from the strided b
 };
 
 // The five loops: jc (NC) -> pc (KC, pack B) -> ic (MC, pack A) -> jr (NR)
@@ -238,8 +239,12 @@ void drive(const Problem<T>& P, Team& team) {
       const T beta_cur = pc == 0 ? P.beta : T(1);
       team.for_each(n_panels, [&](int64_t jp, int) {  // pack B, shared
         const int64_t j0 = jc + jp * NR;
-        pack_b_panel<T>(kc_cur, min64(NR, P.n - j0), P.b.data + pc * P.b.rs + j0 * P.b.cs,
-                        P.b.rs, P.b.cs, P.pack_b + jp * NR * kc_cur);
+        T* dst = P.pack_b + jp * NR * kc_cur;
+        if (P.packer != nullptr)
+          P.packer->fill(P.packer->ctx, pc, kc_cur, j0, min64(NR, P.n - j0), NR, dst);
+        else
+          pack_b_panel<T>(kc_cur, min64(NR, P.n - j0), P.b.data + pc * P.b.rs + j0 * P.b.cs,
+                          P.b.rs, P.b.cs, dst);
       });
       auto macro = [&](int64_t ic, int64_t mc_cur, const T* pa, int64_t jp_begin,
                        int64_t jp_end) {
@@ -284,7 +289,7 @@ void drive(const Problem<T>& P, Team& team) {
 
 template <typename T>
 void run(int64_t m, int64_t n, int64_t k, T alpha, MatRef<T> a, MatRef<T> b, T beta, T* c,
-         int64_t ldc, T* pack_a, T* pack_b, int nthreads) {
+         int64_t ldc, T* pack_a, T* pack_b, int nthreads, const PackB<T>* packer) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0 || alpha == T(0)) {  // C = beta * C, A and B not read
     for (int64_t i = 0; i < m; ++i)
@@ -294,7 +299,7 @@ void run(int64_t m, int64_t n, int64_t k, T alpha, MatRef<T> a, MatRef<T> b, T b
   constexpr int64_t MR = Blocking<T>::MR, KC = Blocking<T>::KC;
   const int64_t mc_max = ceil_div(min64(Blocking<T>::MC, m), MR) * MR;
   Problem<T> P{m, n, k, alpha, a, b, beta, c, ldc, pack_a, pack_b,
-               mc_max * min64(KC, k), nthreads < 1 ? 1 : nthreads};
+               mc_max * min64(KC, k), nthreads < 1 ? 1 : nthreads, packer};
 #ifdef _OPENMP
   if (P.nthreads > 1) {
 #pragma omp parallel num_threads(P.nthreads)

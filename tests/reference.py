@@ -125,10 +125,10 @@ def max_pool2d_forward(x, pool_h: int, pool_w: int, stride: int = 1, pad: int = 
             # within the full one.
             hs, he = max(h0, 0), min(h0 + pool_h, h)
             ws, we = max(w0, 0), min(w0 + pool_w, w)
-            win = x[:, :, hs:he, ws:we].reshape(n, c, -1)
             cols = we - ws
-            if win.shape[2] == 0:  # cannot happen with pad <= pool // 2
+            if he <= hs or cols <= 0:  # cannot happen with pad <= pool // 2
                 raise AssertionError("window without input elements")
+            win = x[:, :, hs:he, ws:we].reshape(n, c, (he - hs) * cols)
             isnan = np.isnan(win)
             has_nan = isnan.any(axis=2)
             first_nan = np.argmax(isnan, axis=2)
