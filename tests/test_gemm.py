@@ -1,0 +1,196 @@
+"""GEMM against a float64 NumPy oracle: every size straddling the micro-kernel
+and cache-block edges, all transpose combinations, alpha/beta (beta == 0 never
+reads C), ``out=``, and a large product checked by projection; under every ISA.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from helpers import DTYPES, assert_close
+
+import pyconv.functional as F
+from pyconv import _core
+
+TRANS = list(itertools.product((False, True), repeat=2))
+TRANS_IDS = [f"{'T' if ta else 'N'}{'T' if tb else 'N'}" for ta, tb in TRANS]
+
+# (alpha, beta) pairs cycled through the size sweeps; beta == 0 runs with an
+# `out` full of NaN, which must never be read.
+ALPHA_BETA = [(1.0, 0.0), (-0.5, 0.0), (2.0, 1.0), (0.5, -1.5), (1.0, 1.0), (0.0, 0.5),
+              (1.0, None)]  # None: no `out` at all
+
+
+def _operands(rng, m, n, k, dtype, trans_a, trans_b):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    return a, b
+
+
+def _check_gemm(rng, m, n, k, dtype, trans_a, trans_b, alpha, beta, *, functional=False):
+    a, b = _operands(rng, m, n, k, dtype, trans_a, trans_b)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    opa, opb = (a64.T if trans_a else a64), (b64.T if trans_b else b64)
+    name = (f"gemm m={m} n={n} k={k} {np.dtype(dtype).name} trans_a={trans_a} "
+            f"trans_b={trans_b} alpha={alpha} beta={beta}")
+    if beta is None:
+        out = None
+        c0 = np.zeros((m, n))
+        beta_eff = 0.0
+    elif beta == 0.0:
+        out = np.full((m, n), np.nan, dtype=dtype)
+        c0 = np.zeros((m, n))
+        beta_eff = 0.0
+    else:
+        out = rng.standard_normal((m, n)).astype(dtype)
+        c0 = out.astype(np.float64)
+        beta_eff = beta
+    if functional:
+        c = F.gemm(a, b, trans_a=trans_a, trans_b=trans_b, alpha=alpha,
+                   beta=0.0 if beta is None else beta, out=out)
+    else:
+        c = _core.gemm(a, b, trans_a, trans_b, alpha, 0.0 if beta is None else beta, out)
+    expected = alpha * (opa @ opb) + beta_eff * c0
+    scale = abs(alpha) * (np.abs(opa) @ np.abs(opb)) + abs(beta_eff) * np.abs(c0)
+    assert_close(c, expected, dtype=dtype, name=name, scale=scale)
+    if out is not None:
+        assert np.shares_memory(c, out), f"{name}: result is not written to out"
+
+
+def _edge_sizes(dtype) -> list[int]:
+    """Sizes around the micro-tile (MR, NR), the cache blocks (MC, KC) and the
+    round numbers 64..512."""
+    bs = _core.config().get(f"gemm_blocking_{np.dtype(dtype).name}", {})
+    sizes = {1, 2, 3}
+    for base in (64, 128, 256, 384, 512):
+        sizes |= {base - 1, base, base + 1}
+    for key in ("mr", "nr", "mc", "kc"):
+        v = int(bs.get(key, 0))
+        if 1 < v <= 600:
+            sizes |= {v - 1, v, v + 1, 2 * v + 1}
+    return sorted(s for s in sizes if 1 <= s <= 600)
+
+
+@pytest.mark.parametrize(("trans_a", "trans_b"), TRANS, ids=TRANS_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_small_size(isa, dtype, trans_a, trans_b):
+    # Every m, n, k in 1..40, each with the other two fixed at awkward sizes.
+    rng = np.random.default_rng(20)
+    cycle = itertools.cycle(ALPHA_BETA)
+    for s in range(1, 41):
+        for m, n, k in ((s, s, s), (s, 7, 13), (13, s, 7), (7, 13, s)):
+            alpha, beta = next(cycle)
+            _check_gemm(rng, m, n, k, dtype, trans_a, trans_b, alpha, beta)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_block_edges(isa, dtype):
+    rng = np.random.default_rng(21)
+    edges = _edge_sizes(dtype)
+    cycle = itertools.cycle(ALPHA_BETA)
+    trans = itertools.cycle(TRANS)
+    cases = []
+    for e in edges:
+        cases += [(e, 5, 9), (5, e, 9), (9, 5, e), (e, 17, 3)]
+    # plus triples of edge sizes, drawn with a fixed seed
+    for _ in range(24):
+        cases.append(tuple(int(v) for v in rng.choice(edges, size=3)))
+    for m, n, k in cases:
+        alpha, beta = next(cycle)
+        ta, tb = next(trans)
+        _check_gemm(rng, m, n, k, dtype, ta, tb, alpha, beta)
+
+
+@pytest.mark.parametrize(("trans_a", "trans_b"), TRANS, ids=TRANS_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_functional_gemm(dtype, trans_a, trans_b):
+    rng = np.random.default_rng(22)
+    for (m, n, k), (alpha, beta) in zip(
+        [(1, 1, 1), (5, 33, 17), (70, 9, 130), (31, 64, 257), (129, 130, 3)], ALPHA_BETA
+    ):
+        _check_gemm(rng, m, n, k, dtype, trans_a, trans_b, alpha, beta, functional=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_functional_transposed_views_and_promotion(dtype):
+    rng = np.random.default_rng(23)
+    a = rng.standard_normal((37, 29)).astype(dtype)
+    b = rng.standard_normal((29, 41)).astype(dtype)
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    scale = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
+    # F-ordered operands (a transposed view) and strided views
+    for aa, bb, label in [
+        (np.asfortranarray(a), b, "fortran a"),
+        (a, np.asfortranarray(b), "fortran b"),
+        (np.ascontiguousarray(a.T).T, np.ascontiguousarray(b.T).T, "both transposed views"),
+        (np.repeat(a, 2, axis=1)[:, ::2], b, "strided a"),
+    ]:
+        c = F.gemm(aa, bb)
+        assert_close(c, expected, dtype=dtype, name=label, scale=scale)
+    # trans flags on top of a transposed view
+    c = F.gemm(np.asfortranarray(a).T, b, trans_a=True)
+    assert_close(c, expected, dtype=dtype, name="trans_a of a.T view", scale=scale)
+    # mixed dtypes compute in float64
+    c = F.gemm(a.astype(np.float32), b.astype(np.float64))
+    assert c.dtype == np.float64
+    c = F.gemm(a.astype(np.int16), b.astype(np.float32))
+    assert c.dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_out_is_written_in_place(dtype):
+    rng = np.random.default_rng(24)
+    a = rng.standard_normal((20, 30)).astype(dtype)
+    b = rng.standard_normal((30, 10)).astype(dtype)
+    out = np.full((20, 10), np.nan, dtype=dtype)
+    c = F.gemm(a, b, out=out)
+    assert np.shares_memory(c, out)
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    assert_close(out, expected, dtype=dtype, name="out=")
+    # beta = 1 accumulates into out
+    F.gemm(a, b, alpha=2.0, beta=1.0, out=out)
+    assert_close(out, 3 * expected, dtype=dtype, name="accumulate into out")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_dimensions(dtype):
+    rng = np.random.default_rng(25)
+    # k == 0: op(a) @ op(b) is all zeros, so C = beta * C; NaN out with beta 0 -> 0.
+    a, b = np.zeros((4, 0), dtype=dtype), np.zeros((0, 3), dtype=dtype)
+    out = np.full((4, 3), np.nan, dtype=dtype)
+    c = _core.gemm(a, b, False, False, 1.0, 0.0, out)
+    np.testing.assert_array_equal(c, np.zeros((4, 3)))
+    c0 = rng.standard_normal((4, 3)).astype(dtype)
+    out = c0.copy()
+    _core.gemm(a, b, False, False, 1.0, 0.5, out)
+    np.testing.assert_allclose(out, 0.5 * c0.astype(np.float64), rtol=1e-6)
+    assert _core.gemm(np.zeros((0, 5), dtype=dtype), np.ones((5, 3), dtype=dtype),
+                      False, False, 1.0, 0.0, None).shape == (0, 3)
+    assert _core.gemm(np.ones((2, 5), dtype=dtype), np.ones((5, 0), dtype=dtype),
+                      False, False, 1.0, 0.0, None).shape == (2, 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_by_projection(isa, dtype):
+    # C = alpha A B + beta C0 is checked as C t == alpha A (B t) + beta C0 t
+    # for a random vector t: O(mn + nk) oracle work instead of O(mnk).
+    rng = np.random.default_rng(26)
+    m, n, k = 1500, 1300, 1100
+    for trans_a, trans_b, alpha, beta in [(False, False, 1.0, 0.0), (True, True, 0.5, 2.0)]:
+        a, b = _operands(rng, m, n, k, dtype, trans_a, trans_b)
+        c0 = rng.standard_normal((m, n)).astype(dtype)
+        out = c0.copy() if beta != 0.0 else np.full((m, n), np.nan, dtype=dtype)
+        c = _core.gemm(a, b, trans_a, trans_b, alpha, beta, out)
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        opa, opb = (a64.T if trans_a else a64), (b64.T if trans_b else b64)
+        t = rng.standard_normal(n)
+        lhs = c.astype(np.float64) @ t
+        rhs = alpha * (opa @ (opb @ t)) + beta * (c0.astype(np.float64) @ t)
+        scale = abs(alpha) * (np.abs(opa) @ (np.abs(opb) @ np.abs(t)))
+        scale += abs(beta) * (np.abs(c0.astype(np.float64)) @ np.abs(t))
+        tol = 1e-4 if dtype == np.float32 else 1e-10
+        name = f"large gemm {m}x{n}x{k} {np.dtype(dtype).name} trans=({trans_a}, {trans_b})"
+        assert np.all(np.isfinite(lhs)), name
+        np.testing.assert_allclose(lhs, rhs, rtol=tol, atol=tol * scale.max(), err_msg=name)
