@@ -9,10 +9,110 @@
 namespace pyconv {
 
 namespace {
+
 template <typename T>
 inline bool is_nan(T v) {
   return v != v;
 }
+
+// One window, rows [h_lo, h_hi) x cols [w_lo, w_hi) of the plane: the first
+// maximum in row-major order, or the first NaN.
+template <typename T>
+inline void window_max(const T* xp, std::int64_t width, std::int64_t h_lo, std::int64_t h_hi,
+                       std::int64_t w_lo, std::int64_t w_hi, T* out, std::int64_t* arg) {
+  std::int64_t best_i = h_lo * width + w_lo;
+  T best = xp[best_i];
+  for (std::int64_t h = h_lo; h < h_hi && !is_nan(best); ++h) {
+    const T* row = xp + h * width;
+    for (std::int64_t w = w_lo; w < w_hi; ++w) {
+      const T v = row[w];
+      if (v > best || is_nan(v)) {
+        best = v;
+        best_i = h * width + w;
+        if (is_nan(v)) break;
+      }
+    }
+  }
+  *out = best;
+  *arg = best_i;
+}
+
+// Outputs [0, count) of one output row whose K x K windows lie wholly inside
+// the plane; window o starts at base + o*stride. Branch-free: the running
+// maximum and its window offset are selects, so random data costs no branch
+// mispredictions. NaN is only noted on the way and, if seen, the row is redone
+// by window_max (rare), which returns the first NaN.
+template <typename T, int K, int S>
+void pool_row_k(const T* xp, std::int64_t width, std::int64_t stride_rt, std::int64_t h0,
+                std::int64_t w0, std::int64_t count, T* yo, std::int64_t* ao) {
+  const std::int64_t st = S > 0 ? S : stride_rt;
+  const T* base = xp + h0 * width + w0;
+  bool nan_seen = false;
+  for (std::int64_t o = 0; o < count; ++o) {
+    const T* b = base + o * st;
+    T best = b[0];
+    int best_k = 0;  // h*K + w inside the window
+    bool nan_here = best != best;
+#pragma GCC unroll 9
+    for (int h = 0; h < K; ++h)
+#pragma GCC unroll 9
+      for (int w = 0; w < K; ++w) {
+        if (h == 0 && w == 0) continue;
+        const T v = b[h * width + w];
+        nan_here |= v != v;
+        // Integer masks, not ?:, so GCC emits no branch on the comparison.
+        const int take = -static_cast<int>(v > best);
+        best = best < v ? v : best;  // maxss
+        best_k = ((h * K + w) & take) | (best_k & ~take);
+      }
+    nan_seen |= nan_here;
+    yo[o] = best;
+    ao[o] = (h0 + best_k / K) * width + (w0 + o * st + best_k % K);
+  }
+  if (nan_seen)
+    for (std::int64_t o = 0; o < count; ++o)
+      window_max(xp, width, h0, h0 + K, w0 + o * st, w0 + o * st + K, yo + o, ao + o);
+}
+
+template <typename T, int K>
+void pool_plane(const T* xp, const Pool2dShape& s, std::int64_t oh_n, std::int64_t ow_n, T* yp,
+                std::int64_t* ap) {
+  // Output columns whose windows are inside the plane horizontally.
+  std::int64_t ow_lo = 0, ow_hi = 0;
+  if (K > 0) {
+    ow_lo = (s.pad + s.stride - 1) / s.stride;
+    ow_hi = s.width - K + s.pad >= 0 ? (s.width - K + s.pad) / s.stride + 1 : 0;
+    ow_hi = std::min(ow_hi, ow_n);
+    if (ow_lo > ow_hi) ow_lo = ow_hi;
+  }
+  for (std::int64_t oh = 0; oh < oh_n; ++oh) {
+    const std::int64_t h0 = oh * s.stride - s.pad;
+    const std::int64_t h_lo = std::max<std::int64_t>(h0, 0);
+    const std::int64_t h_hi = std::min(h0 + s.kernel_h, s.height);
+    const bool rows_inside = K > 0 && h0 >= 0 && h0 + K <= s.height;
+    T* yo = yp + oh * ow_n;
+    std::int64_t* ao = ap + oh * ow_n;
+    auto edge = [&](std::int64_t ow) {
+      const std::int64_t w0 = ow * s.stride - s.pad;
+      window_max(xp, s.width, h_lo, h_hi, std::max<std::int64_t>(w0, 0),
+                 std::min(w0 + s.kernel_w, s.width), yo + ow, ao + ow);
+    };
+    if (!rows_inside) {
+      for (std::int64_t ow = 0; ow < ow_n; ++ow) edge(ow);
+      continue;
+    }
+    for (std::int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
+    constexpr int KK = K > 0 ? K : 1;
+    const std::int64_t w0 = ow_lo * s.stride - s.pad;
+    if (s.stride == 2)
+      pool_row_k<T, KK, 2>(xp, s.width, 2, h0, w0, ow_hi - ow_lo, yo + ow_lo, ao + ow_lo);
+    else
+      pool_row_k<T, KK, 0>(xp, s.width, s.stride, h0, w0, ow_hi - ow_lo, yo + ow_lo,
+                           ao + ow_lo);
+    for (std::int64_t ow = ow_hi; ow < ow_n; ++ow) edge(ow);
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -20,42 +120,22 @@ void max_pool2d_forward(const T* x, const Pool2dShape& s, T* y, std::int64_t* ar
   const std::int64_t oh_n = s.out_h(), ow_n = s.out_w();
   const std::int64_t planes = s.batch * s.channels;
   const std::int64_t in_plane = s.height * s.width, out_plane = oh_n * ow_n;
+  // Unrolled interiors for the common square windows (2x2 and 3x3, any
+  // stride); K = 0 is the general loop.
+  const int k = s.kernel_h == s.kernel_w && (s.kernel_h == 2 || s.kernel_h == 3)
+                    ? static_cast<int>(s.kernel_h)
+                    : 0;
 #pragma omp parallel for schedule(static) num_threads(num_threads()) if (planes > 1)
   for (std::int64_t pl = 0; pl < planes; ++pl) {
     const T* xp = x + pl * in_plane;
     T* yp = y + pl * out_plane;
     std::int64_t* ap = argmax + pl * out_plane;
-    for (std::int64_t oh = 0; oh < oh_n; ++oh) {
-      const std::int64_t h0 = oh * s.stride - s.pad;
-      const std::int64_t h_lo = std::max<std::int64_t>(h0, 0);
-      const std::int64_t h_hi = std::min(h0 + s.kernel_h, s.height);
-      for (std::int64_t ow = 0; ow < ow_n; ++ow) {
-        const std::int64_t w0 = ow * s.stride - s.pad;
-        const std::int64_t w_lo = std::max<std::int64_t>(w0, 0);
-        const std::int64_t w_hi = std::min(w0 + s.kernel_w, s.width);
-        std::int64_t best_i = h_lo * s.width + w_lo;
-        T best = xp[best_i];
-        if (!is_nan(best)) {
-          for (std::int64_t h = h_lo; h < h_hi; ++h) {
-            const T* row = xp + h * s.width;
-            for (std::int64_t w = w_lo; w < w_hi; ++w) {
-              const T v = row[w];
-              if (v > best) {
-                best = v;
-                best_i = h * s.width + w;
-              } else if (is_nan(v)) {
-                best = v;
-                best_i = h * s.width + w;
-                goto done;
-              }
-            }
-          }
-        }
-      done:
-        yp[oh * ow_n + ow] = best;
-        ap[oh * ow_n + ow] = best_i;
-      }
-    }
+    if (k == 2)
+      pool_plane<T, 2>(xp, s, oh_n, ow_n, yp, ap);
+    else if (k == 3)
+      pool_plane<T, 3>(xp, s, oh_n, ow_n, yp, ap);
+    else
+      pool_plane<T, 0>(xp, s, oh_n, ow_n, yp, ap);
   }
 }
 
