@@ -102,6 +102,7 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
 #pragma GCC unroll 8
     for (int j = 0; j < NV; ++j) acc[i][j] = V{};
 
+#pragma GCC unroll 4
   for (int64_t p = 0; p < kc; ++p) {
     V bv[NV];
 #pragma GCC unroll 8
