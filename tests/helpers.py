@@ -155,14 +155,15 @@ class ConvCase:
 def conv_cases(draw, max_n: int = 4, max_c: int = 3, max_hw: int = 8, max_k: int = 4,
                max_fn: int = 4, min_n: int = 0):
     """Small convolutions, biased towards the edge cases: kernel == padded
-    input, stride > kernel, pad == kernel - 1, 1x1 images, rectangular kernels,
+    input, stride > kernel, pad >= kernel - 1, 1x1 images, rectangular kernels,
     odd and empty batches."""
     n = draw(st.integers(min_n, max_n))
     c = draw(st.integers(1, max_c))
     fn = draw(st.integers(1, max_fn))
     fh = draw(st.integers(1, max_k))
     fw = draw(st.integers(1, max_k))
-    pad = draw(st.integers(0, max(fh, fw) - 1))
+    # up to kernel + 1: some windows then lie wholly in the padding
+    pad = draw(st.integers(0, max(fh, fw) + 1))
     stride = draw(st.integers(1, max(fh, fw) + 2))
     # Input at least as large as the kernel once padded.
     h = draw(st.integers(max(1, fh - 2 * pad), max(max_hw, fh)))
