@@ -205,6 +205,7 @@ Arr<T> gemm_py(const Arr<T>& a, const Arr<T>& b, bool trans_a, bool trans_b, dou
        << ", trans_b=" << trans_b << ")";
     fail(os.str());
   }
+  checked_mul(op, "out (m * n)", {m, n});
   Arr<T> c;
   if (out.has_value()) {
     c = *out;

@@ -11,7 +11,9 @@
 // writing C.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include "gemm.h"
 
@@ -85,6 +87,18 @@ template <> struct VecOf<double> {
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// All lanes = s, written as a constructor of identical elements so that it
+// compiles to one broadcast (V{} + s would be a real addition, since
+// -0.0 + 0.0 != -0.0). std::integer_sequence is only a type here: no code.
+template <typename V, typename T, std::size_t... I>
+inline V splat_impl(T s, std::index_sequence<I...>) {
+  return V{((void)I, s)...};
+}
+template <typename V, typename T>
+inline V splat(T s) {
+  return splat_impl<V>(s, std::make_index_sequence<sizeof(V) / sizeof(T)>{});
+}
+
 // ---- Micro-kernel ------------------------------------------------------------
 // C[0:m_cur, 0:n_cur] = alpha * (A_panel * B_panel) + beta * C, over kc.
 template <typename T>
@@ -109,7 +123,7 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
     for (int j = 0; j < NV; ++j) bv[j] = *reinterpret_cast<const V*>(b + j * VL);
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) {
-      const V av = V{} + a[i];
+      const V av = splat<V>(a[i]);
 #pragma GCC unroll 8
       for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
     }
