@@ -31,10 +31,10 @@ ConvPlan conv2d_plan(const Conv2dShape& s, int nthreads, bool backward) {
   p.col_elems = p.direct || !backward ? 0 : ckk * cols;
   const BlockSizes& bs = gemm_impl<T>().bs;
   // The largest of the GEMMs a call runs: forward (f, cols, ckk); backward
-  // weight (f, ckk, cols) and input (ckk, cols, f).
+  // weight, transposed (ckk, f, cols), and input (ckk, cols, f).
   GemmWorkspace ws = gemm_workspace<T>(bs, f, cols, ckk);
   if (backward) {
-    const GemmWorkspace w2 = gemm_workspace<T>(bs, f, ckk, cols);
+    const GemmWorkspace w2 = gemm_workspace<T>(bs, ckk, f, cols);
     const GemmWorkspace w3 = gemm_workspace<T>(bs, ckk, cols, f);
     ws.pack_a_per_thread = std::max({ws.pack_a_per_thread, w2.pack_a_per_thread,
                                      w3.pack_a_per_thread});
@@ -42,7 +42,7 @@ ConvPlan conv2d_plan(const Conv2dShape& s, int nthreads, bool backward) {
   }
   p.pack_a_elems = ws.pack_a_per_thread * p.gemm_threads;
   p.pack_b_elems = ws.pack_b;
-  p.partial_elems = backward && p.team > 1 ? f * ckk + f : 0;
+  p.partial_elems = backward ? f * ckk + f : 0;
   // Every slice starts on a 64-byte boundary: the micro-kernels load packed
   // panels with aligned vector loads.
   constexpr std::int64_t line = 64 / static_cast<std::int64_t>(sizeof(T));
@@ -91,10 +91,12 @@ void forward_image(const T* x_n, const T* w, const T* b, const Conv2dShape& s,
                      p.gemm_threads, p.direct ? nullptr : &packer);
 }
 
-// dw (+)= dy_n * col_n^T, db (+)= row sums of dy_n, and dx_n when wanted.
+// dwt (+)= col_n * dy_n^T, i.e. dW transposed (C*KH*KW x F): the column
+// matrix is then GEMM's A operand, packed from contiguous rows, instead of a
+// transposed B gathered across rows. db (+)= row sums of dy_n. dx_n when wanted.
 template <typename T>
 void backward_image(const T* x_n, const T* w, const T* dy_n, const Conv2dShape& s,
-                    const ConvPlan& p, bool first, T* col, T* pack_a, T* pack_b, T* dw, T* db,
+                    const ConvPlan& p, bool first, T* col, T* pack_a, T* pack_b, T* dwt, T* db,
                     T* dx_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
   const GemmImpl<T>& g = gemm_impl<T>();
@@ -103,8 +105,8 @@ void backward_image(const T* x_n, const T* w, const T* dy_n, const Conv2dShape& 
     im2col_image(x_n, s, col);
     src = col;
   }
-  g.run(f, ckk, cols, T(1), MatRef<T>{dy_n, f, cols, cols, 1},
-        MatRef<T>{src, ckk, cols, cols, 1}.t(), first ? T(0) : T(1), dw, ckk, pack_a, pack_b,
+  g.run(ckk, f, cols, T(1), MatRef<T>{src, ckk, cols, cols, 1},
+        MatRef<T>{dy_n, f, cols, cols, 1}.t(), first ? T(0) : T(1), dwt, f, pack_a, pack_b,
         p.gemm_threads, nullptr);
   for (std::int64_t i = 0; i < f; ++i) {
     T sum = T(0);
@@ -161,39 +163,47 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
   Scratch<T> scratch(p);
   const std::int64_t x_img = s.channels * s.height * s.width;
   const std::int64_t y_img = s.filters * s.col_cols();
-  if (p.team == 1) {
-    for (std::int64_t n = 0; n < s.batch; ++n)
-      backward_image(x + n * x_img, w, dy + n * y_img, s, p, n == 0, scratch.col(0),
-                     scratch.pack_a(0), scratch.pack_b(0), dw, db,
+  // Team thread t sums its contiguous block of images into its partial
+  // (dW transposed, then db); the partials are added in thread order while
+  // transposing into dw, so the result depends only on the team size.
+  auto partial_sums = [&](int t) {
+    std::int64_t lo, hi;
+    image_range(s.batch, p.team, t, &lo, &hi);
+    T* pw = scratch.partial(t);
+    T* pb = pw + f * ckk;
+    if (lo == hi) {
+      std::fill(pw, pw + f * ckk + f, T(0));
+      return;
+    }
+    for (std::int64_t n = lo; n < hi; ++n)
+      backward_image(x + n * x_img, w, dy + n * y_img, s, p, n == lo, scratch.col(t),
+                     scratch.pack_a(t), scratch.pack_b(t), pw, pb,
                      dx ? dx + n * x_img : nullptr);
+  };
+  auto reduce = [&](std::int64_t i) {  // element i of [dw, db]
+    const std::int64_t src = i < f * ckk ? (i % ckk) * f + i / ckk : i;
+    T sum = scratch.partial(0)[src];
+    for (int u = 1; u < p.team; ++u) sum += scratch.partial(u)[src];
+    if (i < f * ckk)
+      dw[i] = sum;
+    else
+      db[i - f * ckk] = sum;
+  };
+  if (p.team == 1) {
+    partial_sums(0);
+    for (std::int64_t i = 0; i < f * ckk + f; ++i) reduce(i);
     return;
   }
-  // Thread t sums its block of images into its partial (thread 0 straight into
-  // dw/db); the partials are then added in thread order.
 #pragma omp parallel num_threads(p.team)
   {
     int t = 0;
 #ifdef _OPENMP
     t = omp_get_thread_num();
 #endif
-    std::int64_t lo, hi;
-    image_range(s.batch, p.team, t, &lo, &hi);
-    T* pw = t == 0 ? dw : scratch.partial(t);
-    T* pb = t == 0 ? db : scratch.partial(t) + f * ckk;
-    if (lo == hi) {
-      std::fill(pw, pw + f * ckk, T(0));
-      std::fill(pb, pb + f, T(0));
-    }
-    for (std::int64_t n = lo; n < hi; ++n)
-      backward_image(x + n * x_img, w, dy + n * y_img, s, p, n == lo, scratch.col(t),
-                     scratch.pack_a(t), scratch.pack_b(t), pw, pb,
-                     dx ? dx + n * x_img : nullptr);
+    partial_sums(t);
 #pragma omp barrier
 #pragma omp for schedule(static)
-    for (std::int64_t i = 0; i < f * ckk + f; ++i) {
-      T* out = i < f * ckk ? dw + i : db + (i - f * ckk);
-      for (int u = 1; u < p.team; ++u) *out += scratch.partial(u)[i];
-    }
+    for (std::int64_t i = 0; i < f * ckk + f; ++i) reduce(i);
   }
 }
 
