@@ -946,6 +946,22 @@ def contention_summary(quiet: list[dict], loaded: list[dict]) -> list[dict]:
     return rows
 
 
+def format_plans(results: list[dict]) -> str:
+    """pyconv's conv plan per case: thread team, GEMM threads, scratch bytes."""
+    lines = []
+    for r in results:
+        plan = r.get("plan")
+        if r["impl"] != "pyconv" or not plan or r.get("load") == "busy":
+            continue
+        lines.append(
+            f"  conv {r['case']} {r['pass']:<8} {r['dtype']:<8} {r['threads']}t: "
+            f"team={plan.get('team')} gemm_threads={plan.get('gemm_threads')} "
+            f"direct={plan.get('direct')} "
+            f"workspace={plan.get('workspace_bytes', 0) / 2**20:.2f} MiB"
+        )
+    return "\n".join(lines)
+
+
 def format_contention(rows: list[dict]) -> str:
     head = (
         f"{'bench':<5} {'case':<18} {'pass':<16} {'dtype':<7} {'impl':<7} "
@@ -1254,6 +1270,10 @@ def main(
                         f"{r['measured_peak_gflops']:.0f}"
                     )
                 print(line)
+        plans = format_plans(report["results"])
+        if plans:
+            print("\npyconv conv plans (_core.conv2d_plan):")
+            print(plans)
         if "contention" in report:
             print(f"\nContention (busy loop pinned to CPU {report['contention']['busy_cpu']}):")
             print(format_contention(report["contention"]["rows"]))
