@@ -84,7 +84,7 @@ void forward_image(const T* x_n, const T* w, const T* b, const Conv2dShape& s,
                    const ConvPlan& p, T* pack_a, T* pack_b, T* y_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
   const Im2colPanels<T> panels{x_n, s};
-  const PackB<T> packer{&im2col_pack_panel<T>, &panels};
+  const PackB<T> packer{gemm_impl<T>().pack_im2col, &panels};
   for (std::int64_t i = 0; i < f; ++i) std::fill(y_n + i * cols, y_n + (i + 1) * cols, b[i]);
   gemm_impl<T>().run(f, cols, ckk, T(1), MatRef<T>{w, f, ckk, ckk, 1},
                      MatRef<T>{x_n, ckk, cols, cols, 1}, T(1), y_n, cols, pack_a, pack_b,

@@ -53,6 +53,9 @@ struct GemmImpl {
   void (*run)(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a,
               MatRef<T> b, T beta, T* c, std::int64_t ldc, T* pack_a, T* pack_b,
               int nthreads, const PackB<T>* packer);
+  // PackB<T>::fill for an Im2colPanels<T> context (im2col.h).
+  void (*pack_im2col)(const void* ctx, std::int64_t pc, std::int64_t kc, std::int64_t j0,
+                      std::int64_t n_cur, std::int64_t nr, T* dst);
 };
 
 template <typename T>

@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "gemm.h"
+#include "im2col.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -191,6 +192,85 @@ void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs,
   }
 }
 
+
+// ---- im2col packed straight into B panels ------------------------------------
+// B = the column matrix of one image (row r = (c, kh, kw), column j = (oh, ow))
+// without writing it: rows [pc, pc+kc) x columns [j0, j0+n_cur) into dst as kc
+// rows of nr, zeros in columns n_cur..nr-1. PackB<T>::fill with ctx an
+// Im2colPanels<T>. Output sizes are computed here rather than by the shape's
+// member functions, so that nothing with external linkage is compiled in this
+// ISA's translation unit.
+template <typename T>
+void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_cur,
+                 int64_t nr, T* dst) {
+  const Im2colPanels<T>& panels = *static_cast<const Im2colPanels<T>*>(ctx);
+  const Conv2dShape& s = panels.s;
+  const int64_t oh_n = (s.height + 2 * s.pad - s.kernel_h) / s.stride + 1;
+  const int64_t ow_n = (s.width + 2 * s.pad - s.kernel_w) / s.stride + 1;
+  const int64_t oh0 = j0 / ow_n, ow0 = j0 % ow_n;
+  // Output columns [lo, hi) whose tap kw reads inside the row: ow*stride -
+  // pad + kw in [0, width). Cached for small kernels (the divisions cost more
+  // than a short row copy).
+  constexpr int kCache = 16;
+  int64_t lo_of[kCache], hi_of[kCache];
+  auto range = [&](int64_t kw, int64_t* lo, int64_t* hi) {
+    const int64_t off = kw - s.pad;
+    int64_t l = off >= 0 ? 0 : (-off + s.stride - 1) / s.stride;
+    int64_t h = s.width - off <= 0 ? 0 : (s.width - off - 1) / s.stride + 1;
+    l = min64(l, ow_n);
+    h = min64(h, ow_n);
+    *lo = l;
+    *hi = h < l ? l : h;
+  };
+  const bool cached = s.kernel_w <= kCache;
+  if (cached)
+    for (int64_t kw = 0; kw < s.kernel_w; ++kw) range(kw, &lo_of[kw], &hi_of[kw]);
+  int64_t kw = pc % s.kernel_w, kh = (pc / s.kernel_w) % s.kernel_h;
+  int64_t c = pc / (s.kernel_w * s.kernel_h);
+  for (int64_t p = 0; p < kc; ++p, dst += nr) {
+    const T* plane = panels.x + c * s.height * s.width;
+    int64_t w_lo, w_hi;
+    if (cached) {
+      w_lo = lo_of[kw];
+      w_hi = hi_of[kw];
+    } else {
+      range(kw, &w_lo, &w_hi);
+    }
+    int64_t done = 0, oh = oh0, ow = ow0;
+    while (done < n_cur && oh < oh_n) {  // one output row segment at a time
+      const int64_t seg = min64(ow_n - ow, n_cur - done);
+      T* __restrict d = dst + done - ow;  // d[ow'] for ow' in [ow, ow + seg)
+      const int64_t ih = oh * s.stride - s.pad + kh;
+      const int64_t end = ow + seg;
+      int64_t lo = end, hi = end;
+      if (ih >= 0 && ih < s.height) {
+        lo = min64(ow > w_lo ? ow : w_lo, end);
+        hi = min64(end, w_hi);
+        if (hi < lo) hi = lo;
+      }
+      for (int64_t q = ow; q < lo; ++q) d[q] = T(0);
+      const T* __restrict row = plane + ih * s.width - s.pad + kw;  // row[ow'*stride]
+      if (s.stride == 1) {
+        for (int64_t q = lo; q < hi; ++q) d[q] = row[q];
+      } else {
+        for (int64_t q = lo; q < hi; ++q) d[q] = row[q * s.stride];
+      }
+      for (int64_t q = hi; q < end; ++q) d[q] = T(0);
+      done += seg;
+      ow = 0;
+      ++oh;
+    }
+    for (int64_t q = done; q < nr; ++q) dst[q] = T(0);
+    if (++kw == s.kernel_w) {  // next row of the column matrix
+      kw = 0;
+      if (++kh == s.kernel_h) {
+        kh = 0;
+        ++c;
+      }
+    }
+  }
+}
+
 // ---- Work sharing --------------------------------------------------------------
 // The five-loop driver is written once against a "team": SerialTeam runs a
 // loop in order on the calling thread (no OpenMP construct at all, so it is
@@ -338,9 +418,11 @@ BlockSizes block_sizes() {
 
 }  // namespace
 
-GemmImpl<float> make_gemm_float() { return {PYCONV_ISA_NAME, block_sizes<float>(), &run<float>}; }
+GemmImpl<float> make_gemm_float() {
+  return {PYCONV_ISA_NAME, block_sizes<float>(), &run<float>, &pack_im2col<float>};
+}
 GemmImpl<double> make_gemm_double() {
-  return {PYCONV_ISA_NAME, block_sizes<double>(), &run<double>};
+  return {PYCONV_ISA_NAME, block_sizes<double>(), &run<double>, &pack_im2col<double>};
 }
 
 }  // namespace PYCONV_ISA

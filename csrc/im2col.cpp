@@ -55,50 +55,6 @@ void im2col_image(const T* x, const Conv2dShape& s, T* col) {
 }
 
 template <typename T>
-void im2col_pack_panel(const void* ctx, std::int64_t pc, std::int64_t kc, std::int64_t j0,
-                       std::int64_t n_cur, std::int64_t nr, T* dst) {
-  const Im2colPanels<T>& panels = *static_cast<const Im2colPanels<T>*>(ctx);
-  const Conv2dShape& s = panels.s;
-  const std::int64_t ow_n = s.out_w(), oh_n = s.out_h();
-  const std::int64_t oh0 = j0 / ow_n, ow0 = j0 % ow_n;
-  for (std::int64_t p = 0; p < kc; ++p, dst += nr) {
-    const std::int64_t r = pc + p;  // row of the column matrix: (c, kh, kw)
-    const std::int64_t kw = r % s.kernel_w, kh = (r / s.kernel_w) % s.kernel_h;
-    const std::int64_t c = r / (s.kernel_w * s.kernel_h);
-    const T* plane = panels.x + c * s.height * s.width;
-    std::int64_t w_lo, w_hi;
-    valid_range(kw, s.pad, s.stride, s.width, ow_n, &w_lo, &w_hi);
-    // Walk the output pixels j0 .. j0+n_cur-1 one output row segment at a time.
-    std::int64_t done = 0, oh = oh0, ow = ow0;
-    while (done < n_cur && oh < oh_n) {
-      const std::int64_t seg = std::min(ow_n - ow, n_cur - done);
-      T* d = dst + done - ow;  // d[ow'] for ow' in [ow, ow + seg)
-      const std::int64_t ih = oh * s.stride - s.pad + kh;
-      if (ih < 0 || ih >= s.height) {
-        std::fill(d + ow, d + ow + seg, T(0));
-      } else {
-        const std::int64_t lo = std::max(ow, w_lo), hi = std::min(ow + seg, w_hi);
-        const T* row = plane + ih * s.width - s.pad + kw;  // row[ow'*stride]
-        if (lo >= hi) {
-          std::fill(d + ow, d + ow + seg, T(0));
-        } else {
-          std::fill(d + ow, d + lo, T(0));
-          if (s.stride == 1)
-            std::memcpy(d + lo, row + lo, static_cast<std::size_t>(hi - lo) * sizeof(T));
-          else
-            for (std::int64_t q = lo; q < hi; ++q) d[q] = row[q * s.stride];
-          std::fill(d + hi, d + ow + seg, T(0));
-        }
-      }
-      done += seg;
-      ow = 0;
-      ++oh;
-    }
-    std::fill(dst + n_cur, dst + nr, T(0));
-  }
-}
-
-template <typename T>
 void col2im_image(const T* col, const Conv2dShape& s, T* x) {
   const std::int64_t oh_n = s.out_h(), ow_n = s.out_w();
   std::fill(x, x + s.channels * s.height * s.width, T(0));
@@ -179,10 +135,6 @@ void col2im_rows(const T* col, const Conv2dShape& s, T* x) {
 
 template void im2col_image<float>(const float*, const Conv2dShape&, float*);
 template void im2col_image<double>(const double*, const Conv2dShape&, double*);
-template void im2col_pack_panel<float>(const void*, std::int64_t, std::int64_t, std::int64_t,
-                                       std::int64_t, std::int64_t, float*);
-template void im2col_pack_panel<double>(const void*, std::int64_t, std::int64_t, std::int64_t,
-                                        std::int64_t, std::int64_t, double*);
 template void col2im_image<float>(const float*, const Conv2dShape&, float*);
 template void col2im_image<double>(const double*, const Conv2dShape&, double*);
 template void im2col_rows<float>(const float*, const Conv2dShape&, float*);

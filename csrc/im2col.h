@@ -19,18 +19,13 @@ void im2col_image(const T* x, const Conv2dShape& s, T* col);
 template <typename T>
 void col2im_image(const T* col, const Conv2dShape& s, T* x);
 
-// The im2col_image matrix of one image as GEMM B panels, without writing
-// the matrix: rows [pc, pc+kc) x columns [j0, j0+n_cur) into dst as kc rows of
-// nr (zeros in columns n_cur..nr-1). Signature of PackB<T>::fill, with ctx an
-// Im2colPanels<T>.
+// One image whose im2col_image matrix GEMM packs straight into its B panels
+// (GemmImpl::pack_im2col, compiled per ISA in gemm_kernels.h).
 template <typename T>
 struct Im2colPanels {
   const T* x;  // one image, C x H x W
   Conv2dShape s;
 };
-template <typename T>
-void im2col_pack_panel(const void* ctx, std::int64_t pc, std::int64_t kc, std::int64_t j0,
-                       std::int64_t n_cur, std::int64_t nr, T* dst);
 
 // Book layout, whole batch, parallel over images. Overwrites col.
 template <typename T>
