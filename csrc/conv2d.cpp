@@ -13,15 +13,19 @@
 
 namespace pyconv {
 
-// Strategy. With at least as many images as threads, each thread takes whole
-// images (its own col buffer, a serial GEMM): no synchronisation inside an
-// image and every GEMM sees a full core. With fewer images than threads (one
-// big image, inference on N=1) the threads share each GEMM instead.
+// Strategy. When the batch splits evenly enough, each thread takes whole
+// images (its own scratch, a serial GEMM): no synchronisation inside an image,
+// every GEMM sees a full core, and small images (MNIST: 30x576x25 GEMMs) are
+// far too small to share. "Evenly enough": the batch is a multiple of the
+// thread count, or at least 4 images per thread (a leftover image then costs
+// at most 1/4 of a thread's work). Otherwise (N = 1 inference, N = 3 on two
+// threads) the threads share each image's GEMMs instead.
 template <typename T>
 ConvPlan conv2d_plan(const Conv2dShape& s, int nthreads, bool backward) {
   ConvPlan p{};
   const std::int64_t nt = nthreads < 1 ? 1 : nthreads;
-  const bool over_images = nt > 1 && s.batch >= nt;
+  const bool over_images =
+      nt > 1 && s.batch >= nt && (s.batch % nt == 0 || s.batch >= 4 * nt);
   p.team = over_images ? static_cast<int>(nt) : 1;
   p.gemm_threads = over_images ? 1 : static_cast<int>(nt);
   p.direct = s.kernel_h == 1 && s.kernel_w == 1 && s.stride == 1 && s.pad == 0;
