@@ -237,10 +237,10 @@ class Trainer:
         self.history.append(stats)
         n_eval = self.evaluate_sample_num_per_epoch
         what = "" if n_eval is None or n_eval >= len(self.x_test) else f" (first {n_eval})"
-        self._print((
+        self._print(
             f"epoch {epoch}/{self.epochs}: loss {stats.loss:.4f}, train acc {train_acc:.4f}, "
             f"test acc{what} {test_acc:.4f}, {seconds:.2f} s, {stats.images_per_s:,.0f} img/s"
-        ))
+        )
         return stats
 
     def train(self) -> float:

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from helpers import assert_gradient
 
-from pyconv.functions import cross_entropy_error, log_softmax, sigmoid, softmax, softmax_cross_entropy
+from pyconv.functions import (
+    cross_entropy_error,
+    log_softmax,
+    sigmoid,
+    softmax,
+    softmax_cross_entropy,
+)
 from pyconv.layers import Affine, Dropout, Relu, Sigmoid, SoftmaxWithLoss
 
 
