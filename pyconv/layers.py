@@ -162,7 +162,9 @@ def _check_param(layer: str, name: str, arr) -> None:
             f"{layer}: expected {name} to be a numpy.ndarray, but got {type(arr).__name__}"
         )
     if arr.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{layer}: expected {name} of dtype float32 or float64, but got {arr.dtype}")
+        raise TypeError(
+            f"{layer}: expected {name} of dtype float32 or float64, but got {arr.dtype}"
+        )
 
 
 class Affine:
@@ -353,7 +355,8 @@ class Dropout:
             raise ValueError(f"Dropout: expected 0 <= dropout_ratio < 1, but got {dropout_ratio!r}")
         if rng is not None and not isinstance(rng, np.random.Generator):
             raise TypeError(
-                f"Dropout: expected rng to be a numpy.random.Generator, but got {type(rng).__name__}"
+                "Dropout: expected rng to be a numpy.random.Generator, but got "
+                f"{type(rng).__name__}"
             )
         self.dropout_ratio = ratio
         self.rng = np.random.default_rng() if rng is None else rng
