@@ -159,9 +159,49 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
 
 // ---- Packing -----------------------------------------------------------------
 // A block (mc x kc at a, strides rs/cs) -> ceil(mc/MR) micro-panels MR x kc.
+#if defined(PYCONV_ISA_AVX512)
+// Six rows of 16 floats (consecutive k) -> 96 floats k-major (dst[q*6 + i] =
+// row_i[q]): the transpose at the heart of packing a row-major A. 18 two-source
+// shuffles (vpermt2ps) instead of 96 scalar moves.
+inline void interleave6x16(const float* a, int64_t rs, float* dst) {
+  typedef float V __attribute__((vector_size(64), aligned(4)));
+  typedef int M __attribute__((vector_size(64)));
+  const M lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
+  const M hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const M m1[3] = {{0, 1, 16, 17, 0, 0, 2, 3, 18, 19, 0, 0, 4, 5, 20, 21},
+                   {0, 0, 6, 7, 22, 23, 0, 0, 8, 9, 24, 25, 0, 0, 10, 11},
+                   {26, 27, 0, 0, 12, 13, 28, 29, 0, 0, 14, 15, 30, 31, 0, 0}};
+  const M m2[3] = {{0, 1, 2, 3, 16, 17, 6, 7, 8, 9, 18, 19, 12, 13, 14, 15},
+                   {20, 21, 2, 3, 4, 5, 22, 23, 8, 9, 10, 11, 24, 25, 14, 15},
+                   {0, 1, 26, 27, 4, 5, 6, 7, 28, 29, 10, 11, 12, 13, 30, 31}};
+  V r[6];
+  for (int i = 0; i < 6; ++i) r[i] = *reinterpret_cast<const V*>(a + i * rs);
+  // Pairs of rows interleaved: q 0..7 (lo) and 8..15 (hi).
+  const V l01 = __builtin_shuffle(r[0], r[1], lo), h01 = __builtin_shuffle(r[0], r[1], hi);
+  const V l23 = __builtin_shuffle(r[2], r[3], lo), h23 = __builtin_shuffle(r[2], r[3], hi);
+  const V l45 = __builtin_shuffle(r[4], r[5], lo), h45 = __builtin_shuffle(r[4], r[5], hi);
+  V* out = reinterpret_cast<V*>(dst);
+  for (int v = 0; v < 3; ++v) {
+    out[v] = __builtin_shuffle(__builtin_shuffle(l01, l23, m1[v]), l45, m2[v]);
+    out[3 + v] = __builtin_shuffle(__builtin_shuffle(h01, h23, m1[v]), h45, m2[v]);
+  }
+}
+#endif
+
 template <typename T>
 void pack_a_panel(int64_t kc, int64_t m_cur, const T* a, int64_t rs, int64_t cs, T* dst) {
   constexpr int MR = Blocking<T>::MR;
+#if defined(PYCONV_ISA_AVX512)
+  if constexpr (sizeof(T) == 4 && MR == 6) {
+    if (cs == 1 && m_cur == MR) {
+      int64_t p = 0;
+      for (; p + 16 <= kc; p += 16) interleave6x16(a + p, rs, dst + p * MR);
+      for (; p < kc; ++p)
+        for (int i = 0; i < MR; ++i) dst[p * MR + i] = a[i * rs + p];
+      return;
+    }
+  }
+#endif
   if (cs == 1) {
     for (int64_t i = 0; i < m_cur; ++i)
       for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = a[i * rs + p];
