@@ -61,15 +61,14 @@ namespace {
 
 template <typename T>
 struct Scratch {  // one slab, sliced per team thread
-  Buffer<T> slab;
   std::int64_t stride;
+  Workspace slab;
   const ConvPlan& plan;
   explicit Scratch(const ConvPlan& p)
-      : slab(make_buffer<T>(p.team * (p.col_elems + p.pack_a_elems + p.pack_b_elems +
-                                       p.partial_elems))),
-        stride(p.col_elems + p.pack_a_elems + p.pack_b_elems + p.partial_elems),
+      : stride(p.col_elems + p.pack_a_elems + p.pack_b_elems + p.partial_elems),
+        slab(static_cast<std::size_t>(p.team * stride) * sizeof(T)),
         plan(p) {}
-  T* col(int t) const { return slab.get() + t * stride; }
+  T* col(int t) const { return static_cast<T*>(slab.data()) + t * stride; }
   T* pack_a(int t) const { return col(t) + plan.col_elems; }
   T* pack_b(int t) const { return pack_a(t) + plan.pack_a_elems; }
   T* partial(int t) const { return pack_b(t) + plan.pack_b_elems; }

@@ -129,9 +129,14 @@ void gemm(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a, 
       kParallelFlops)
     nthreads = 1;
   const GemmWorkspace ws = gemm_workspace<T>(impl.bs, m, n, k);
-  Buffer<T> pack_a = make_buffer<T>(ws.pack_a_per_thread * nthreads);
-  Buffer<T> pack_b = make_buffer<T>(ws.pack_b);
-  impl.run(m, n, k, alpha, a, b, beta, c, ldc, pack_a.get(), pack_b.get(), nthreads, nullptr);
+  // Pack B first, then one 64-byte aligned A slot (the per-thread slots are
+  // sliced by run()).
+  const std::int64_t line = 64 / static_cast<std::int64_t>(sizeof(T));
+  const std::int64_t b_elems = (ws.pack_b + line - 1) / line * line;
+  Workspace slab(static_cast<std::size_t>(b_elems + ws.pack_a_per_thread * nthreads) *
+                 sizeof(T));
+  T* pack_b = static_cast<T*>(slab.data());
+  impl.run(m, n, k, alpha, a, b, beta, c, ldc, pack_b + b_elems, pack_b, nthreads, nullptr);
 }
 
 template GemmWorkspace gemm_workspace<float>(const BlockSizes&, std::int64_t, std::int64_t,
