@@ -125,9 +125,10 @@ template <typename T>
 void gemm(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a, MatRef<T> b,
           T beta, T* c, std::int64_t ldc, int nthreads) {
   const GemmImpl<T>& impl = gemm_impl<T>();
-  if (2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) <
-      kParallelFlops)
-    nthreads = 1;
+  if (in_parallel() ||
+      2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) <
+          kParallelFlops)
+    nthreads = 1;  // one level of parallelism per call
   const GemmWorkspace ws = gemm_workspace<T>(impl.bs, m, n, k);
   // Pack B first, then one 64-byte aligned A slot (the per-thread slots are
   // sliced by run()).
