@@ -82,14 +82,20 @@ int64_t checked_add(const char* op, const char* what, int64_t a, int64_t b) {
 }
 
 // Spatial checks shared by conv and pooling: the (padded) input holds one
-// window, and every array the op touches has an int64 size.
-void check_window(const char* op, const char* x_name, int64_t h, int64_t w, int64_t kh,
-                  int64_t kw, int64_t stride, int64_t pad, const char* k_name) {
+// window, and the index arithmetic of the kernels (sums of a few multiples of
+// H + 2*pad, W + 2*pad and the stride) stays far inside int64. Returns the
+// stride the kernels get: any stride past H + 2*pad already yields one output
+// row and column, so it is clamped there (a stride near 2**63 would otherwise
+// overflow o*stride - pad + k).
+int64_t check_window(const char* op, const char* x_name, int64_t h, int64_t w, int64_t kh,
+                     int64_t kw, int64_t stride, int64_t pad, const char* k_name) {
   check_min(op, "stride", stride, 1);
   check_min(op, "pad", pad, 0);
   const int64_t two_pad = checked_mul(op, "2 * pad", {2, pad});
   const int64_t ph = checked_add(op, "H + 2 * pad", h, two_pad);
   const int64_t pw = checked_add(op, "W + 2 * pad", w, two_pad);
+  checked_mul(op, "8 * (H + 2 * pad)", {8, ph});
+  checked_mul(op, "8 * (W + 2 * pad)", {8, pw});
   if (kh > ph || kw > pw) {
     std::ostringstream os;
     os << op << ": " << k_name << " (" << kh << ", " << kw << ") is larger than the padded "
@@ -97,7 +103,12 @@ void check_window(const char* op, const char* x_name, int64_t h, int64_t w, int6
        << h << ", " << w << "), pad = " << pad;
     fail(os.str());
   }
+  const int64_t limit = ph > pw ? ph : pw;
+  return stride < limit ? stride : limit;
 }
+
+// Upper bound on threads (set_num_threads); also bounds per-thread scratch.
+constexpr int kMaxThreads = 1024;
 
 Conv2dShape conv_shape(const char* op, int64_t n, int64_t c, int64_t h, int64_t w, int64_t f,
                        int64_t kh, int64_t kw, int64_t stride, int64_t pad) {
@@ -107,12 +118,16 @@ Conv2dShape conv_shape(const char* op, int64_t n, int64_t c, int64_t h, int64_t 
   check_min(op, "channels", c, 1);
   check_min(op, "filter_h", kh, 1);
   check_min(op, "filter_w", kw, 1);
-  check_window(op, "input", h, w, kh, kw, stride, pad, "the kernel");
+  stride = check_window(op, "input", h, w, kh, kw, stride, pad, "the kernel");
   Conv2dShape s{n, c, h, w, f, kh, kw, stride, pad};
   checked_mul(op, "x", {n, c, h, w});
   checked_mul(op, "w", {f, c, kh, kw});
   checked_mul(op, "y", {n, f, s.out_h(), s.out_w()});
   checked_mul(op, "col", {n, c, kh, kw, s.out_h(), s.out_w()});
+  // Scratch: one image's column matrix and a dW partial per thread, in bytes.
+  checked_mul(op, "the per-thread column matrices (bytes)",
+              {c, kh, kw, s.out_h(), s.out_w(), 8, kMaxThreads});
+  checked_mul(op, "the per-thread dW partial sums (bytes)", {f + 1, c, kh, kw, 8, kMaxThreads});
   return s;
 }
 
@@ -304,7 +319,7 @@ py::tuple max_pool2d_forward_py(const Arr<T>& x, int64_t kh, int64_t kw, int64_t
   const int64_t n = x.shape(0), c = x.shape(1), h = x.shape(2), w = x.shape(3);
   check_min(op, "H", h, 1);
   check_min(op, "W", w, 1);
-  check_window(op, "input", h, w, kh, kw, stride, pad, "the pool window");
+  stride = check_window(op, "input", h, w, kh, kw, stride, pad, "the pool window");
   const Pool2dShape s{n, c, h, w, kh, kw, stride, pad};
   Arr<T> y = new_array<T>({n, c, s.out_h(), s.out_w()});
   Arr<int64_t> am = new_array<int64_t>({n, c, s.out_h(), s.out_w()});
@@ -408,12 +423,15 @@ py::dict conv2d_plan_py(const std::string& dtype, int64_t n, int64_t c, int64_t 
   const char* op = "conv2d_plan";
   check_min(op, "filters", f, 1);
   const Conv2dShape s = conv_shape(op, n, c, h, w, f, kh, kw, stride, pad);
+  if (nthreads < 0 || nthreads > kMaxThreads)
+    fail("conv2d_plan: expected 0 <= nthreads <= " + std::to_string(kMaxThreads) +
+         " (0: the current setting), but got " + std::to_string(nthreads));
   const int nt = nthreads > 0 ? nthreads : num_threads();
   ConvPlan p;
   if (dtype == "float32")
-    p = conv2d_plan<float>(s, nt, backward);
+    p = conv2d_plan<float>(s, gemm_impl<float>().bs, nt, backward);
   else if (dtype == "float64")
-    p = conv2d_plan<double>(s, nt, backward);
+    p = conv2d_plan<double>(s, gemm_impl<double>().bs, nt, backward);
   else
     throw py::type_error("conv2d_plan: expected dtype 'float32' or 'float64', but got '" +
                          dtype + "'");
@@ -430,9 +448,11 @@ PYBIND11_MODULE(_core, m) {
   m.attr("__version__") = PYCONV_VERSION;
   def_ops<float>(m);
   def_ops<double>(m);
-  m.def("set_num_threads", [](int n) {
-    if (n < 1) throw std::invalid_argument("set_num_threads: expected n >= 1, but got " + std::to_string(n));
-    pyconv::set_num_threads(n);
+  m.def("set_num_threads", [](long long n) {
+    if (n < 1 || n > kMaxThreads)
+      throw std::invalid_argument("set_num_threads: expected 1 <= n <= " +
+                                  std::to_string(kMaxThreads) + ", but got " + std::to_string(n));
+    pyconv::set_num_threads(static_cast<int>(n));
   }, "n"_a);
   m.def("get_num_threads", &pyconv::num_threads);
   m.def("config", &config);

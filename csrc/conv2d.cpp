@@ -21,7 +21,7 @@ namespace pyconv {
 // at most 1/4 of a thread's work). Otherwise (N = 1 inference, N = 3 on two
 // threads) the threads share each image's GEMMs instead.
 template <typename T>
-ConvPlan conv2d_plan(const Conv2dShape& s, int nthreads, bool backward) {
+ConvPlan conv2d_plan(const Conv2dShape& s, const BlockSizes& bs, int nthreads, bool backward) {
   ConvPlan p{};
   const std::int64_t nt = nthreads < 1 ? 1 : nthreads;
   const bool over_images =
@@ -33,7 +33,6 @@ ConvPlan conv2d_plan(const Conv2dShape& s, int nthreads, bool backward) {
   // The forward packs im2col straight into the GEMM's B panels; only the
   // backward writes a column matrix (for dW, then reused for dx's columns).
   p.col_elems = p.direct || !backward ? 0 : ckk * cols;
-  const BlockSizes& bs = gemm_impl<T>().bs;
   // The largest of the GEMMs a call runs: forward (f, cols, ckk); backward
   // weight, transposed (ckk, f, cols), and input (ckk, cols, f).
   GemmWorkspace ws = gemm_workspace<T>(bs, f, cols, ckk);
@@ -83,13 +82,13 @@ inline void image_range(std::int64_t batch, int team, int t, std::int64_t* lo,
 }
 
 template <typename T>
-void forward_image(const T* x_n, const T* w, const T* b, const Conv2dShape& s,
-                   const ConvPlan& p, T* pack_a, T* pack_b, T* y_n) {
+void forward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* b,
+                   const Conv2dShape& s, const ConvPlan& p, T* pack_a, T* pack_b, T* y_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
   const Im2colPanels<T> panels{x_n, s};
-  const PackB<T> packer{gemm_impl<T>().pack_im2col, &panels};
+  const PackB<T> packer{g.pack_im2col, &panels};
   for (std::int64_t i = 0; i < f; ++i) std::fill(y_n + i * cols, y_n + (i + 1) * cols, b[i]);
-  gemm_impl<T>().run(f, cols, ckk, T(1), MatRef<T>{w, f, ckk, ckk, 1},
+  g.run(f, cols, ckk, T(1), MatRef<T>{w, f, ckk, ckk, 1},
                      MatRef<T>{x_n, ckk, cols, cols, 1}, T(1), y_n, cols, pack_a, pack_b,
                      p.gemm_threads, p.direct ? nullptr : &packer);
 }
@@ -98,11 +97,10 @@ void forward_image(const T* x_n, const T* w, const T* b, const Conv2dShape& s,
 // matrix is then GEMM's A operand, packed from contiguous rows, instead of a
 // transposed B gathered across rows. db (+)= row sums of dy_n. dx_n when wanted.
 template <typename T>
-void backward_image(const T* x_n, const T* w, const T* dy_n, const Conv2dShape& s,
-                    const ConvPlan& p, bool first, T* col, T* pack_a, T* pack_b, T* dwt, T* db,
-                    T* dx_n) {
+void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* dy_n,
+                    const Conv2dShape& s, const ConvPlan& p, bool first, T* col, T* pack_a,
+                    T* pack_b, T* dwt, T* db, T* dx_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
-  const GemmImpl<T>& g = gemm_impl<T>();
   const T* src = x_n;
   if (!p.direct) {
     im2col_image(x_n, s, col);
@@ -130,13 +128,14 @@ void backward_image(const T* x_n, const T* w, const T* dy_n, const Conv2dShape& 
 template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T* y) {
   if (s.batch == 0) return;
-  const ConvPlan p = conv2d_plan<T>(s, num_threads(), false);
+  const GemmImpl<T>& g = gemm_impl<T>();  // once per call (see gemm.cpp)
+  const ConvPlan p = conv2d_plan<T>(s, g.bs, num_threads(), false);
   Scratch<T> scratch(p);
   const std::int64_t x_img = s.channels * s.height * s.width;
   const std::int64_t y_img = s.filters * s.col_cols();
   if (p.team == 1) {
     for (std::int64_t n = 0; n < s.batch; ++n)
-      forward_image(x + n * x_img, w, b, s, p, scratch.pack_a(0),
+      forward_image(g, x + n * x_img, w, b, s, p, scratch.pack_a(0),
                     scratch.pack_b(0), y + n * y_img);
     return;
   }
@@ -148,7 +147,7 @@ void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T*
 #endif
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t n = 0; n < s.batch; ++n)
-      forward_image(x + n * x_img, w, b, s, p, scratch.pack_a(t),
+      forward_image(g, x + n * x_img, w, b, s, p, scratch.pack_a(t),
                     scratch.pack_b(t), y + n * y_img);
   }
 }
@@ -162,7 +161,8 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
     std::fill(db, db + f, T(0));
     return;
   }
-  const ConvPlan p = conv2d_plan<T>(s, num_threads(), true);
+  const GemmImpl<T>& g = gemm_impl<T>();  // once per call (see gemm.cpp)
+  const ConvPlan p = conv2d_plan<T>(s, g.bs, num_threads(), true);
   Scratch<T> scratch(p);
   const std::int64_t x_img = s.channels * s.height * s.width;
   const std::int64_t y_img = s.filters * s.col_cols();
@@ -179,7 +179,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
       return;
     }
     for (std::int64_t n = lo; n < hi; ++n)
-      backward_image(x + n * x_img, w, dy + n * y_img, s, p, n == lo, scratch.col(t),
+      backward_image(g, x + n * x_img, w, dy + n * y_img, s, p, n == lo, scratch.col(t),
                      scratch.pack_a(t), scratch.pack_b(t), pw, pb,
                      dx ? dx + n * x_img : nullptr);
   };
@@ -210,8 +210,8 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
   }
 }
 
-template ConvPlan conv2d_plan<float>(const Conv2dShape&, int, bool);
-template ConvPlan conv2d_plan<double>(const Conv2dShape&, int, bool);
+template ConvPlan conv2d_plan<float>(const Conv2dShape&, const BlockSizes&, int, bool);
+template ConvPlan conv2d_plan<double>(const Conv2dShape&, const BlockSizes&, int, bool);
 template void conv2d_forward<float>(const float*, const float*, const float*, const Conv2dShape&,
                                     float*);
 template void conv2d_forward<double>(const double*, const double*, const double*,

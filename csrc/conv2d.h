@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "gemm.h"
 #include "shape.h"
 
 namespace pyconv {
@@ -22,8 +23,9 @@ struct ConvPlan {
   std::int64_t bytes;           // total scratch of the call
 };
 
+// bs: the block sizes of the GEMM code path that will run (gemm_impl<T>().bs).
 template <typename T>
-ConvPlan conv2d_plan(const Conv2dShape& s, int nthreads, bool backward);
+ConvPlan conv2d_plan(const Conv2dShape& s, const BlockSizes& bs, int nthreads, bool backward);
 
 // y <- w * x + b (overwrites y).
 // Preconditions: all sizes >= 1 except batch >= 0; out_h(), out_w() >= 1;

@@ -2,6 +2,7 @@
 // point. The kernels themselves live in gemm_kernels.h (one TU per ISA).
 #include "gemm.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -60,21 +61,35 @@ struct Selected {
   GemmImpl<double> f64;
 };
 
-Selected make_selected(const IsaEntry& e) { return {e.f32(), e.f64()}; }
+constexpr std::size_t kNumIsas = sizeof(kIsas) / sizeof(kIsas[0]);
 
-// PYCONV_ISA=generic|avx2|avx512 forces a path (ignored if unsupported here).
-Selected initial() {
-  const char* forced = std::getenv("PYCONV_ISA");
-  if (forced != nullptr)
-    for (const IsaEntry& e : kIsas)
-      if (std::strcmp(e.name, forced) == 0 && e.supported()) return make_selected(e);
-  for (const IsaEntry& e : kIsas)
-    if (e.supported()) return make_selected(e);
-  return make_selected(kIsas[sizeof(kIsas) / sizeof(kIsas[0]) - 1]);
+// One immutable table per ISA, built once; the selection is an atomic pointer
+// to one of them. A caller takes gemm_impl<T>() once per operation and keeps
+// that reference, so a concurrent set_isa() can neither tear the table nor
+// change block sizes between sizing the scratch and running the kernels.
+const Selected* tables() {
+  static const struct Tables {
+    Selected t[kNumIsas];
+    Tables() {
+      for (std::size_t i = 0; i < kNumIsas; ++i) t[i] = {kIsas[i].f32(), kIsas[i].f64()};
+    }
+  } all;
+  return all.t;
 }
 
-Selected& selected() {
-  static Selected s = initial();
+// PYCONV_ISA=generic|avx2|avx512 forces a path (ignored if unsupported here).
+const Selected* initial() {
+  const char* forced = std::getenv("PYCONV_ISA");
+  if (forced != nullptr)
+    for (std::size_t i = 0; i < kNumIsas; ++i)
+      if (std::strcmp(kIsas[i].name, forced) == 0 && kIsas[i].supported()) return &tables()[i];
+  for (std::size_t i = 0; i < kNumIsas; ++i)
+    if (kIsas[i].supported()) return &tables()[i];
+  return &tables()[kNumIsas - 1];
+}
+
+std::atomic<const Selected*>& selected() {
+  static std::atomic<const Selected*> s{initial()};
   return s;
 }
 
@@ -82,11 +97,11 @@ Selected& selected() {
 
 template <>
 const GemmImpl<float>& gemm_impl<float>() {
-  return selected().f32;
+  return selected().load(std::memory_order_acquire)->f32;
 }
 template <>
 const GemmImpl<double>& gemm_impl<double>() {
-  return selected().f64;
+  return selected().load(std::memory_order_acquire)->f64;
 }
 
 std::vector<std::string> available_isas() {
@@ -96,12 +111,12 @@ std::vector<std::string> available_isas() {
   return out;
 }
 
-std::string current_isa() { return selected().f32.isa; }
+std::string current_isa() { return selected().load(std::memory_order_acquire)->f32.isa; }
 
 bool select_isa(const std::string& name) {
-  for (const IsaEntry& e : kIsas)
-    if (name == e.name && e.supported()) {
-      selected() = make_selected(e);
+  for (std::size_t i = 0; i < kNumIsas; ++i)
+    if (name == kIsas[i].name && kIsas[i].supported()) {
+      selected().store(&tables()[i], std::memory_order_release);
       return true;
     }
   return false;
@@ -124,7 +139,7 @@ constexpr double kParallelFlops = 2.0e6;
 template <typename T>
 void gemm(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a, MatRef<T> b,
           T beta, T* c, std::int64_t ldc, int nthreads) {
-  const GemmImpl<T>& impl = gemm_impl<T>();
+  const GemmImpl<T>& impl = gemm_impl<T>();  // once: see tables()
   if (in_parallel() ||
       2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) <
           kParallelFlops)

@@ -148,7 +148,13 @@ void max_pool2d_backward(const T* dy, const std::int64_t* argmax, std::int64_t p
     std::fill(dxp, dxp + in_plane, T(0));
     const T* dyp = dy + pl * out_plane;
     const std::int64_t* ap = argmax + pl * out_plane;
-    for (std::int64_t i = 0; i < out_plane; ++i) dxp[ap[i]] += dyp[i];
+    // The binding validated argmax, but it is caller memory that another
+    // thread could rewrite while the GIL is released: read each index once
+    // and never write outside the plane.
+    for (std::int64_t i = 0; i < out_plane; ++i) {
+      const std::uint64_t a = static_cast<std::uint64_t>(ap[i]);
+      if (a < static_cast<std::uint64_t>(in_plane)) dxp[a] += dyp[i];
+    }
   }
 }
 

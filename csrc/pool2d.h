@@ -15,8 +15,8 @@ template <typename T>
 void max_pool2d_forward(const T* x, const Pool2dShape& s, T* y, std::int64_t* argmax);
 
 // dx (planes x in_plane) <- zeros, then per plane dx[argmax[i]] += dy[i] for
-// its out_plane windows. Precondition: every argmax value is in [0, in_plane)
-// (checked by the caller).
+// its out_plane windows. Indices outside [0, in_plane) are skipped (the caller
+// rejects them up front; this guards against the array changing meanwhile).
 template <typename T>
 void max_pool2d_backward(const T* dy, const std::int64_t* argmax, std::int64_t planes,
                          std::int64_t in_plane, std::int64_t out_plane, T* dx);

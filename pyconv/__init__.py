@@ -31,11 +31,14 @@ __all__ = [
 ]
 
 
+_MAX_THREADS = 1024
+
+
 def set_num_threads(n: int) -> None:
-    """Set the number of threads pyconv's kernels use (n >= 1)."""
+    """Set the number of threads pyconv's kernels use (1 <= n <= 1024)."""
     n = functional._int_arg(n, "n")
-    if n < 1:
-        raise ValueError(f"set_num_threads: expected n >= 1, but got {n}")
+    if not 1 <= n <= _MAX_THREADS:
+        raise ValueError(f"set_num_threads: expected 1 <= n <= {_MAX_THREADS}, but got {n}")
     _core.set_num_threads(n)
 
 

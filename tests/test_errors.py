@@ -210,9 +210,13 @@ CASES = [
      ValueError, r"overflow|too big"),
     # ---- threads -------------------------------------------------------------------
     ("set_num_threads 0", lambda: pyconv.set_num_threads(0), ValueError,
-     r"set_num_threads: expected n >= 1, but got 0"),
-    ("set_num_threads -3", lambda: pyconv.set_num_threads(-3), ValueError, r"n >= 1"),
-    ("core set_num_threads 0", lambda: _core.set_num_threads(0), ValueError, r"n >= 1"),
+     r"set_num_threads: expected 1 <= n <= 1024, but got 0"),
+    ("set_num_threads -3", lambda: pyconv.set_num_threads(-3), ValueError, r"1 <= n <= 1024"),
+    ("core set_num_threads 0", lambda: _core.set_num_threads(0), ValueError, r"1 <= n <= 1024"),
+    ("set_num_threads huge", lambda: pyconv.set_num_threads(100_000), ValueError,
+     r"1 <= n <= 1024, but got 100000"),
+    ("core set_num_threads huge", lambda: _core.set_num_threads(2**31 - 1), ValueError,
+     r"1 <= n <= 1024"),
     ("set_num_threads float", lambda: pyconv.set_num_threads(2.5), TypeError, r"n"),
     ("set_isa unknown", lambda: _core.set_isa("sse1"), ValueError, r"'sse1' is not available"),
 ]

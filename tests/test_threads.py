@@ -25,7 +25,7 @@ def restore_threads():
 
 
 def test_set_zero_threads_is_an_error(restore_threads):
-    with pytest.raises(ValueError, match=r"set_num_threads: expected n >= 1, but got 0"):
+    with pytest.raises(ValueError, match=r"set_num_threads: expected 1 <= n <= 1024, but got 0"):
         pyconv.set_num_threads(0)
     assert pyconv.get_num_threads() == restore_threads
 
