@@ -15,17 +15,55 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import _core  # noqa: E402
 from . import functional, layers  # noqa: E402
+from . import datasets, functions, optimizers, plot  # noqa: E402  (plot: matplotlib on use)
+from .datasets import find_mnist, load_mnist  # noqa: E402
 from .functional import col2im, im2col  # noqa: E402
+from .layers import (  # noqa: E402
+    Affine,
+    Convolution,
+    Dropout,
+    Pooling,
+    Relu,
+    Sigmoid,
+    SoftmaxWithLoss,
+)
+from .network import SimpleConvNet  # noqa: E402
+from .optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop, get_optimizer  # noqa: E402
+from .trainer import EpochStats, Trainer  # noqa: E402
 
 __version__ = _core.__version__
 
 __all__ = [
+    "SGD",
+    "AdaGrad",
+    "Adam",
+    "Affine",
+    "Convolution",
+    "Dropout",
+    "EpochStats",
+    "Momentum",
+    "Nesterov",
+    "Pooling",
+    "RMSprop",
+    "Relu",
+    "Sigmoid",
+    "SimpleConvNet",
+    "SoftmaxWithLoss",
+    "Trainer",
     "__version__",
     "col2im",
+    "config",
+    "datasets",
+    "find_mnist",
     "functional",
+    "functions",
     "get_num_threads",
+    "get_optimizer",
     "im2col",
     "layers",
+    "load_mnist",
+    "optimizers",
+    "plot",
     "set_num_threads",
     "show_config",
 ]
