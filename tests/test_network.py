@@ -286,3 +286,24 @@ def test_load_rejects_wrong_keys_shapes_dtypes_and_corrupt_files(tmp_path):
     _assert_rejected(net, tmp_path, match="directory")
     with pytest.raises(FileNotFoundError):
         net.load_params(tmp_path / "nope.npz")
+
+
+def test_first_layer_input_gradient_is_skipped_when_supported(monkeypatch):
+    import pyconv.network as network_module
+
+    flags = []
+
+    class ConvWithFlag(Convolution):
+        def backward(self, dout, need_dx=True):
+            flags.append(need_dx)
+            dx = super().backward(dout)
+            return dx if need_dx else None
+
+    monkeypatch.setattr(network_module, "Convolution", ConvWithFlag)
+    net = _small()
+    x, t = _batch(net)
+    grads = net.gradient(x, t)
+    assert flags == [False]
+    numeric = net.numerical_gradient(x, t)
+    for key in grads:
+        np.testing.assert_allclose(grads[key], numeric[key], atol=1e-5, rtol=1e-3)
