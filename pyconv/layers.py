@@ -86,14 +86,20 @@ class Convolution:
         self._out_shape = out.shape
         return out
 
-    def backward(self, dout):
-        """dout : (N, FN, OH, OW) -> dx (N, C, H, W); sets dW and db."""
+    def backward(self, dout, need_dx=True):
+        """dout : (N, FN, OH, OW) -> dx (N, C, H, W); sets dW and db.
+
+        ``need_dx=False`` skips the input gradient (a network's first layer
+        never needs it) and returns None.
+        """
         if self.x is None:
             raise ValueError("Convolution.backward: called before forward")
         _check_dout("Convolution", dout, self._out_shape)
         dout = F.as_compute_array(dout, self.W.dtype, "dout")
         W = self.W if self.W.flags.c_contiguous else np.ascontiguousarray(self.W)
-        dx, self.dW, self.db = F._core.conv2d_backward(self.x, W, dout, self.stride, self.pad, True)
+        dx, self.dW, self.db = F._core.conv2d_backward(
+            self.x, W, dout, self.stride, self.pad, bool(need_dx)
+        )
         return dx
 
     def __repr__(self):
