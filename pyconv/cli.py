@@ -18,6 +18,10 @@ import numpy as np
 __all__ = ["build_parser", "main"]
 
 _OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam")
+# The command's own learning-rate defaults where they differ from the optimizer's:
+# Adam at 0.002 (the book uses 0.001) gets the default 10 epochs on the embedded
+# subset to >= 97% test accuracy from the book's 0.01 initialization.
+_DEFAULT_LR = {"adam": 0.002}
 
 
 def _err(message: str) -> None:
@@ -92,10 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--optimizer", type=str.lower, choices=_OPTIMIZERS, default="adam",
                     help="default: adam")
     tr.add_argument("--lr", type=_positive_float, default=None,
-                    help="learning rate (default: the optimizer's, 0.001 for adam)")
-    tr.add_argument("--weight-init", type=_weight_init, default="he", metavar="{he,xavier,STD}",
-                    help="initial weights: He or Xavier scaling, or a fixed standard deviation "
-                         "such as the book's 0.01 (default: he)")
+                    help="learning rate (default: 0.002 for adam, otherwise the optimizer's "
+                         "own default)")
+    tr.add_argument("--weight-init", type=_weight_init, default=0.01, metavar="{he,xavier,STD}",
+                    help="initial weights: a standard deviation, or He or Xavier scaling "
+                         "(default: the book's 0.01)")
     tr.add_argument("--augment-shift", type=_nonnegative_int, default=2, metavar="PIXELS",
                     help="shift each training image by up to this many pixels at random every "
                          "epoch; 0 trains on the images as they are, as the book does "
@@ -186,7 +191,8 @@ def _train(args) -> int:
 
     network = SimpleConvNet(input_dim=x_train.shape[1:], weight_init_std=args.weight_init,
                             dtype=np.dtype(args.dtype), seed=args.seed)
-    optimizer = get_optimizer(args.optimizer, **({} if args.lr is None else {"lr": args.lr}))
+    lr = args.lr if args.lr is not None else _DEFAULT_LR.get(args.optimizer)
+    optimizer = get_optimizer(args.optimizer, **({} if lr is None else {"lr": lr}))
     filters_before = network.params["W1"].copy() if args.filters else None
     verbose = not args.quiet
     print(f"data: {source}: {len(x_train)} training / {len(x_test)} test images")

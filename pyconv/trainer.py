@@ -152,7 +152,7 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.train_size, desc=f"epoch {epoch}/{self.epochs}", unit="img",
+        return tqdm(total=self.train_size, desc=f"epoch {epoch}/{self.epochs}", unit=" img",
                     unit_scale=True, leave=False, file=sys.stderr, dynamic_ncols=True)
 
     def _find_image_shape(self) -> tuple[int, int, int]:
@@ -217,9 +217,8 @@ class Trainer:
                 losses.append(loss)
                 if bar is not None:
                     bar.update(len(idx))
-                    if len(losses) % 10 == 1:
-                        rate = (i + len(idx)) / max(time.perf_counter() - start, 1e-9)
-                        bar.set_postfix_str(f"loss={loss:.4f}, {rate:,.0f} img/s", refresh=False)
+                    if len(losses) % 10 == 1:  # tqdm itself shows images/s
+                        bar.set_postfix_str(f"loss={loss:.4f}", refresh=False)
         finally:
             if bar is not None:
                 bar.close()

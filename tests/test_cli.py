@@ -43,7 +43,7 @@ def test_train_end_to_end_on_the_embedded_subset(tmp_path, capsys, no_download):
     assert code == 0
     out = capsys.readouterr().out
     assert "embedded MNIST subset: 200 training / 100 test images" in out
-    assert "epoch 1/1" in out and "final test acc" in out
+    assert "epoch 1/1" in out and "final test acc" in out and "Adam(lr=0.002" in out
     assert "s per epoch" in out and "images/s" in out
     assert pyconv.get_num_threads() == 1
     net = SimpleConvNet()
@@ -52,7 +52,7 @@ def test_train_end_to_end_on_the_embedded_subset(tmp_path, capsys, no_download):
 
 def test_quiet_run_still_reports_the_result(capsys, no_download):
     assert cli.main(["train", "--subset", "mini", *TINY, "-q", "--optimizer", "SGD",
-                     "--lr", "0.1", "--dtype", "float64", "--weight-init", "0.01",
+                     "--lr", "0.1", "--dtype", "float64", "--weight-init", "he",
                      "--augment-shift", "0"]) == 0
     out = capsys.readouterr().out
     assert "epoch 1/1" not in out
