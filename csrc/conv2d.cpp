@@ -73,6 +73,22 @@ struct Scratch {  // one slab, sliced per team thread
   T* partial(int t) const { return pack_b(t) + plan.pack_b_elems; }
 };
 
+// Sum of row[0..n): 16 independent partial sums (which the compiler keeps in
+// vector registers) instead of one serial chain of dependent adds; a fixed
+// order, so the result repeats exactly.
+template <typename T>
+T row_sum(const T* row, std::int64_t n) {
+  constexpr int kLanes = 16;
+  T part[kLanes] = {};
+  std::int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) part[l] += row[j + l];
+  for (; j < n; ++j) part[0] += row[j];
+  T sum = T(0);
+  for (int l = 0; l < kLanes; ++l) sum += part[l];
+  return sum;
+}
+
 // First and one-past-last image of team thread t (contiguous blocks, so the
 // batch reduction order depends only on the team size).
 inline void image_range(std::int64_t batch, int team, int t, std::int64_t* lo,
@@ -110,9 +126,7 @@ void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* dy_
         MatRef<T>{dy_n, f, cols, cols, 1}.t(), first ? T(0) : T(1), dwt, f, pack_a, pack_b,
         p.gemm_threads, nullptr);
   for (std::int64_t i = 0; i < f; ++i) {
-    T sum = T(0);
-    const T* row = dy_n + i * cols;
-    for (std::int64_t j = 0; j < cols; ++j) sum += row[j];
+    const T sum = row_sum(dy_n + i * cols, cols);
     db[i] = first ? sum : db[i] + sum;
   }
   if (dx_n == nullptr) return;

@@ -186,6 +186,63 @@ inline void interleave6x16(const float* a, int64_t rs, float* dst) {
     out[3 + v] = __builtin_shuffle(__builtin_shuffle(h01, h23, m1[v]), h45, m2[v]);
   }
 }
+
+// Square block transpose with two-source shuffles (vpermt2ps/pd): dst[p*ldd
+// + j] = src[j*lds + p] for j, p < 16 (float) or < 8 (double), rows j >=
+// `rows` read as zeros (so a last partial block pads itself). Stage b swaps
+// bit b of the row index with bit b of the column index in every pair of rows
+// (r, r | b): 4 (3) stages of 16 (8) shuffles instead of 256 (64) scalar moves.
+inline void transpose_block(const float* src, int64_t lds, int64_t rows, float* dst,
+                            int64_t ldd) {
+  typedef float V __attribute__((vector_size(64), aligned(4)));
+  typedef int M __attribute__((vector_size(64)));
+  V r[16];
+  for (int j = 0; j < 16; ++j) r[j] = j < rows ? *reinterpret_cast<const V*>(src + j * lds) : V{};
+  const M a1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
+  const M b1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+  const M a2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+  const M b2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+  const M a4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+  const M b4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+  const M a8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+  const M b8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+  auto stage = [&](int bit, const M& ma, const M& mb) {
+    for (int j = 0; j < 16; ++j) {
+      if (j & bit) continue;
+      const V x = r[j], y = r[j | bit];
+      r[j] = __builtin_shuffle(x, y, ma);
+      r[j | bit] = __builtin_shuffle(x, y, mb);
+    }
+  };
+  stage(1, a1, b1);
+  stage(2, a2, b2);
+  stage(4, a4, b4);
+  stage(8, a8, b8);
+  for (int p = 0; p < 16; ++p) *reinterpret_cast<V*>(dst + p * ldd) = r[p];
+}
+
+inline void transpose_block(const double* src, int64_t lds, int64_t rows, double* dst,
+                            int64_t ldd) {
+  typedef double V __attribute__((vector_size(64), aligned(8)));
+  typedef long long M __attribute__((vector_size(64)));
+  V r[8];
+  for (int j = 0; j < 8; ++j) r[j] = j < rows ? *reinterpret_cast<const V*>(src + j * lds) : V{};
+  const M a1 = {0, 8, 2, 10, 4, 12, 6, 14}, b1 = {1, 9, 3, 11, 5, 13, 7, 15};
+  const M a2 = {0, 1, 8, 9, 4, 5, 12, 13}, b2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const M a4 = {0, 1, 2, 3, 8, 9, 10, 11}, b4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  auto stage = [&](int bit, const M& ma, const M& mb) {
+    for (int j = 0; j < 8; ++j) {
+      if (j & bit) continue;
+      const V x = r[j], y = r[j | bit];
+      r[j] = __builtin_shuffle(x, y, ma);
+      r[j | bit] = __builtin_shuffle(x, y, mb);
+    }
+  };
+  stage(1, a1, b1);
+  stage(2, a2, b2);
+  stage(4, a4, b4);
+  for (int p = 0; p < 8; ++p) *reinterpret_cast<V*>(dst + p * ldd) = r[p];
+}
 #endif
 
 template <typename T>
@@ -225,10 +282,27 @@ void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs,
       for (int64_t j = n_cur; j < NR; ++j) d[j] = T(0);
     }
   } else {
-    for (int64_t j = 0; j < n_cur; ++j)
+    int64_t j0 = 0;
+#if defined(PYCONV_ISA_AVX512)
+    // B is a transposed row-major matrix (rs == 1): transpose whole blocks.
+    constexpr int64_t TB = 64 / static_cast<int64_t>(sizeof(T));
+    if (rs == 1) {
+      for (; j0 < n_cur; j0 += TB) {  // the last block zero-fills its missing rows
+        const int64_t rows = min64(TB, n_cur - j0);
+        int64_t p = 0;
+        for (; p + TB <= kc; p += TB)
+          transpose_block(b + j0 * cs + p, cs, rows, dst + p * NR + j0, NR);
+        for (; p < kc; ++p)
+          for (int64_t j = j0; j < j0 + TB; ++j)
+            dst[p * NR + j] = j < n_cur ? b[j * cs + p] : T(0);
+      }
+    }
+#endif
+    for (int64_t j = j0; j < n_cur; ++j)
       for (int64_t p = 0; p < kc; ++p) dst[p * NR + j] = b[j * cs + p * rs];
+    const int64_t j_pad = j0 > n_cur ? j0 : n_cur;
     for (int64_t p = 0; p < kc; ++p)
-      for (int64_t j = n_cur; j < NR; ++j) dst[p * NR + j] = T(0);
+      for (int64_t j = j_pad; j < NR; ++j) dst[p * NR + j] = T(0);
   }
 }
 
