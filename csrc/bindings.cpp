@@ -429,9 +429,9 @@ py::dict conv2d_plan_py(const std::string& dtype, int64_t n, int64_t c, int64_t 
   const int nt = nthreads > 0 ? nthreads : num_threads();
   ConvPlan p;
   if (dtype == "float32")
-    p = conv2d_plan<float>(s, gemm_impl<float>().bs, nt, backward);
+    p = conv2d_plan<float>(s, gemm_impl<float>(), nt, backward);
   else if (dtype == "float64")
-    p = conv2d_plan<double>(s, gemm_impl<double>().bs, nt, backward);
+    p = conv2d_plan<double>(s, gemm_impl<double>(), nt, backward);
   else
     throw py::type_error("conv2d_plan: expected dtype 'float32' or 'float64', but got '" +
                          dtype + "'");

@@ -21,7 +21,7 @@ namespace pyconv {
 // at most 1/4 of a thread's work). Otherwise (N = 1 inference, N = 3 on two
 // threads) the threads share each image's GEMMs instead.
 template <typename T>
-ConvPlan conv2d_plan(const Conv2dShape& s, const BlockSizes& bs, int nthreads, bool backward) {
+ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, bool backward) {
   ConvPlan p{};
   const std::int64_t nt = nthreads < 1 ? 1 : nthreads;
   const bool over_images =
@@ -35,24 +35,18 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const BlockSizes& bs, int nthreads, b
   p.col_elems = p.direct || !backward ? 0 : ckk * cols;
   // The largest of the GEMMs a call runs: forward (f, cols, ckk); backward
   // weight, transposed (ckk, f, cols), and input (ckk, cols, f).
-  GemmWorkspace ws = gemm_workspace<T>(bs, f, cols, ckk);
-  if (backward) {
-    const GemmWorkspace w2 = gemm_workspace<T>(bs, ckk, f, cols);
-    const GemmWorkspace w3 = gemm_workspace<T>(bs, ckk, cols, f);
-    ws.pack_a_per_thread = std::max({ws.pack_a_per_thread, w2.pack_a_per_thread,
-                                     w3.pack_a_per_thread});
-    ws.pack_b = std::max({ws.pack_b, w2.pack_b, w3.pack_b});
-  }
-  p.pack_a_elems = ws.pack_a_per_thread * p.gemm_threads;
-  p.pack_b_elems = ws.pack_b;
+  std::int64_t ws = g.workspace(f, cols, ckk);
+  if (backward)
+    ws = std::max({ws, g.workspace(ckk, f, cols), g.workspace(ckk, cols, f)});
+  p.gemm_elems = ws * p.gemm_threads;
   p.partial_elems = backward ? f * ckk + f : 0;
   // Every slice starts on a 64-byte boundary: the micro-kernels load packed
   // panels with aligned vector loads.
   constexpr std::int64_t line = 64 / static_cast<std::int64_t>(sizeof(T));
-  for (std::int64_t* e : {&p.col_elems, &p.pack_a_elems, &p.pack_b_elems, &p.partial_elems})
+  for (std::int64_t* e : {&p.col_elems, &p.gemm_elems, &p.partial_elems})
     *e = (*e + line - 1) / line * line;
   p.bytes = static_cast<std::int64_t>(sizeof(T)) * p.team *
-            (p.col_elems + p.pack_a_elems + p.pack_b_elems + p.partial_elems);
+            (p.col_elems + p.gemm_elems + p.partial_elems);
   return p;
 }
 
@@ -64,13 +58,12 @@ struct Scratch {  // one slab, sliced per team thread
   Workspace slab;
   const ConvPlan& plan;
   explicit Scratch(const ConvPlan& p)
-      : stride(p.col_elems + p.pack_a_elems + p.pack_b_elems + p.partial_elems),
+      : stride(p.col_elems + p.gemm_elems + p.partial_elems),
         slab(static_cast<std::size_t>(p.team * stride) * sizeof(T)),
         plan(p) {}
   T* col(int t) const { return static_cast<T*>(slab.data()) + t * stride; }
-  T* pack_a(int t) const { return col(t) + plan.col_elems; }
-  T* pack_b(int t) const { return pack_a(t) + plan.pack_a_elems; }
-  T* partial(int t) const { return pack_b(t) + plan.pack_b_elems; }
+  T* gemm(int t) const { return col(t) + plan.col_elems; }
+  T* partial(int t) const { return gemm(t) + plan.gemm_elems; }
 };
 
 // Sum of row[0..n): 16 independent partial sums (which the compiler keeps in
@@ -99,13 +92,13 @@ inline void image_range(std::int64_t batch, int team, int t, std::int64_t* lo,
 
 template <typename T>
 void forward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* b,
-                   const Conv2dShape& s, const ConvPlan& p, T* pack_a, T* pack_b, T* y_n) {
+                   const Conv2dShape& s, const ConvPlan& p, T* work, T* y_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
   const Im2colPanels<T> panels{x_n, s};
   const PackB<T> packer{g.pack_im2col, &panels};
   for (std::int64_t i = 0; i < f; ++i) std::fill(y_n + i * cols, y_n + (i + 1) * cols, b[i]);
   g.run(f, cols, ckk, T(1), MatRef<T>{w, f, ckk, ckk, 1},
-                     MatRef<T>{x_n, ckk, cols, cols, 1}, T(1), y_n, cols, pack_a, pack_b,
+                     MatRef<T>{x_n, ckk, cols, cols, 1}, T(1), y_n, cols, work,
                      p.gemm_threads, p.direct ? nullptr : &packer);
 }
 
@@ -114,8 +107,8 @@ void forward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* b,
 // transposed B gathered across rows. db (+)= row sums of dy_n. dx_n when wanted.
 template <typename T>
 void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* dy_n,
-                    const Conv2dShape& s, const ConvPlan& p, bool first, T* col, T* pack_a,
-                    T* pack_b, T* dwt, T* db, T* dx_n) {
+                    const Conv2dShape& s, const ConvPlan& p, bool first, T* col, T* work,
+                    T* dwt, T* db, T* dx_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
   const T* src = x_n;
   if (!p.direct) {
@@ -123,7 +116,7 @@ void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* dy_
     src = col;
   }
   g.run(ckk, f, cols, T(1), MatRef<T>{src, ckk, cols, cols, 1},
-        MatRef<T>{dy_n, f, cols, cols, 1}.t(), first ? T(0) : T(1), dwt, f, pack_a, pack_b,
+        MatRef<T>{dy_n, f, cols, cols, 1}.t(), first ? T(0) : T(1), dwt, f, work,
         p.gemm_threads, nullptr);
   for (std::int64_t i = 0; i < f; ++i) {
     const T sum = row_sum(dy_n + i * cols, cols);
@@ -133,7 +126,7 @@ void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* dy_
   // dcol = w^T * dy_n; col is free again, so it holds dcol.
   T* dcol = p.direct ? dx_n : col;
   g.run(ckk, cols, f, T(1), MatRef<T>{w, f, ckk, ckk, 1}.t(), MatRef<T>{dy_n, f, cols, cols, 1},
-        T(0), dcol, cols, pack_a, pack_b, p.gemm_threads, nullptr);
+        T(0), dcol, cols, work, p.gemm_threads, nullptr);
   if (!p.direct) col2im_image(dcol, s, dx_n);
 }
 
@@ -143,14 +136,13 @@ template <typename T>
 void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T* y) {
   if (s.batch == 0) return;
   const GemmImpl<T>& g = gemm_impl<T>();  // once per call (see gemm.cpp)
-  const ConvPlan p = conv2d_plan<T>(s, g.bs, num_threads(), false);
+  const ConvPlan p = conv2d_plan<T>(s, g, num_threads(), false);
   Scratch<T> scratch(p);
   const std::int64_t x_img = s.channels * s.height * s.width;
   const std::int64_t y_img = s.filters * s.col_cols();
   if (p.team == 1) {
     for (std::int64_t n = 0; n < s.batch; ++n)
-      forward_image(g, x + n * x_img, w, b, s, p, scratch.pack_a(0),
-                    scratch.pack_b(0), y + n * y_img);
+      forward_image(g, x + n * x_img, w, b, s, p, scratch.gemm(0), y + n * y_img);
     return;
   }
 #pragma omp parallel num_threads(p.team)
@@ -161,8 +153,7 @@ void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T*
 #endif
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t n = 0; n < s.batch; ++n)
-      forward_image(g, x + n * x_img, w, b, s, p, scratch.pack_a(t),
-                    scratch.pack_b(t), y + n * y_img);
+      forward_image(g, x + n * x_img, w, b, s, p, scratch.gemm(t), y + n * y_img);
   }
 }
 
@@ -176,7 +167,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
     return;
   }
   const GemmImpl<T>& g = gemm_impl<T>();  // once per call (see gemm.cpp)
-  const ConvPlan p = conv2d_plan<T>(s, g.bs, num_threads(), true);
+  const ConvPlan p = conv2d_plan<T>(s, g, num_threads(), true);
   Scratch<T> scratch(p);
   const std::int64_t x_img = s.channels * s.height * s.width;
   const std::int64_t y_img = s.filters * s.col_cols();
@@ -194,7 +185,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
     }
     for (std::int64_t n = lo; n < hi; ++n)
       backward_image(g, x + n * x_img, w, dy + n * y_img, s, p, n == lo, scratch.col(t),
-                     scratch.pack_a(t), scratch.pack_b(t), pw, pb,
+                     scratch.gemm(t), pw, pb,
                      dx ? dx + n * x_img : nullptr);
   };
   auto reduce = [&](std::int64_t i) {  // element i of [dw, db]
@@ -224,8 +215,8 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
   }
 }
 
-template ConvPlan conv2d_plan<float>(const Conv2dShape&, const BlockSizes&, int, bool);
-template ConvPlan conv2d_plan<double>(const Conv2dShape&, const BlockSizes&, int, bool);
+template ConvPlan conv2d_plan<float>(const Conv2dShape&, const GemmImpl<float>&, int, bool);
+template ConvPlan conv2d_plan<double>(const Conv2dShape&, const GemmImpl<double>&, int, bool);
 template void conv2d_forward<float>(const float*, const float*, const float*, const Conv2dShape&,
                                     float*);
 template void conv2d_forward<double>(const double*, const double*, const double*,

@@ -17,15 +17,14 @@ struct ConvPlan {
   int gemm_threads;  // threads inside each GEMM (1 when team > 1)
   bool direct;       // 1x1 kernel, stride 1, no padding: col_n is x_n itself
   std::int64_t col_elems;       // per team thread
-  std::int64_t pack_a_elems;    // per team thread (covers its GEMM threads)
-  std::int64_t pack_b_elems;    // per team thread
+  std::int64_t gemm_elems;      // per team thread: GEMM scratch of its GEMM threads
   std::int64_t partial_elems;   // per team thread: dW and db partial sums
   std::int64_t bytes;           // total scratch of the call
 };
 
-// bs: the block sizes of the GEMM code path that will run (gemm_impl<T>().bs).
+// g: the GEMM code path that will run (gemm_impl<T>(), taken once per call).
 template <typename T>
-ConvPlan conv2d_plan(const Conv2dShape& s, const BlockSizes& bs, int nthreads, bool backward);
+ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, bool backward);
 
 // y <- w * x + b (overwrites y).
 // Preconditions: all sizes >= 1 except batch >= 0; out_h(), out_w() >= 1;

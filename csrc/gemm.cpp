@@ -122,16 +122,6 @@ bool select_isa(const std::string& name) {
   return false;
 }
 
-template <typename T>
-GemmWorkspace gemm_workspace(const BlockSizes& bs, std::int64_t m, std::int64_t n,
-                             std::int64_t k) {
-  auto round_up = [](std::int64_t v, std::int64_t to) { return (v + to - 1) / to * to; };
-  const std::int64_t kc = k < bs.kc ? k : bs.kc;
-  const std::int64_t mc = round_up(m < bs.mc ? m : bs.mc, bs.mr);
-  const std::int64_t nc = round_up(n < bs.nc ? n : bs.nc, bs.nr);
-  return {mc * kc, nc * kc};
-}
-
 // Below this many flops a second thread costs more (region start-up, a
 // shared pack of B) than it saves; measured with benchmarks/bench_gemm.py.
 constexpr double kParallelFlops = 2.0e6;
@@ -144,21 +134,11 @@ void gemm(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a, 
       2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) <
           kParallelFlops)
     nthreads = 1;  // one level of parallelism per call
-  const GemmWorkspace ws = gemm_workspace<T>(impl.bs, m, n, k);
-  // Pack B first, then one 64-byte aligned A slot (the per-thread slots are
-  // sliced by run()).
-  const std::int64_t line = 64 / static_cast<std::int64_t>(sizeof(T));
-  const std::int64_t b_elems = (ws.pack_b + line - 1) / line * line;
-  Workspace slab(static_cast<std::size_t>(b_elems + ws.pack_a_per_thread * nthreads) *
-                 sizeof(T));
-  T* pack_b = static_cast<T*>(slab.data());
-  impl.run(m, n, k, alpha, a, b, beta, c, ldc, pack_b + b_elems, pack_b, nthreads, nullptr);
+  const std::int64_t per_thread = impl.workspace(m, n, k);
+  Workspace slab(static_cast<std::size_t>(per_thread * nthreads) * sizeof(T));
+  impl.run(m, n, k, alpha, a, b, beta, c, ldc, static_cast<T*>(slab.data()), nthreads, nullptr);
 }
 
-template GemmWorkspace gemm_workspace<float>(const BlockSizes&, std::int64_t, std::int64_t,
-                                             std::int64_t);
-template GemmWorkspace gemm_workspace<double>(const BlockSizes&, std::int64_t, std::int64_t,
-                                              std::int64_t);
 template void gemm<float>(std::int64_t, std::int64_t, std::int64_t, float, MatRef<float>,
                           MatRef<float>, float, float*, std::int64_t, int);
 template void gemm<double>(std::int64_t, std::int64_t, std::int64_t, double, MatRef<double>,

@@ -36,31 +36,24 @@ struct PackB {
   const void* ctx;
 };
 
-// Scratch a gemm call needs, in elements of T: one packed B block shared by
-// the threads and one packed A block per thread.
-struct GemmWorkspace {
-  std::int64_t pack_a_per_thread, pack_b;
-};
-
-// One ISA's implementation. run() computes the whole product with `nthreads`
-// threads (1: no parallel region at all, safe to call from inside one), using
-// caller-owned pack buffers of the sizes workspace() gives. With a non-null
-// packer, B's panels come from it and b is not read (only b.rows/b.cols).
+// One ISA's implementation. workspace(m, n, k) is the scratch one GEMM thread
+// needs, in elements of T (a multiple of 64 bytes); run() computes the whole
+// product with `nthreads` threads (1: no parallel region at all, safe to call
+// from inside one), thread t using work + t * workspace(m, n, k), with work
+// 64-byte aligned. With a non-null packer, B's panels come from it and b is
+// not read.
 template <typename T>
 struct GemmImpl {
   const char* isa;
   BlockSizes bs;
+  std::int64_t (*workspace)(std::int64_t m, std::int64_t n, std::int64_t k);
   void (*run)(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a,
-              MatRef<T> b, T beta, T* c, std::int64_t ldc, T* pack_a, T* pack_b,
-              int nthreads, const PackB<T>* packer);
+              MatRef<T> b, T beta, T* c, std::int64_t ldc, T* work, int nthreads,
+              const PackB<T>* packer);
   // PackB<T>::fill for an Im2colPanels<T> context (im2col.h).
   void (*pack_im2col)(const void* ctx, std::int64_t pc, std::int64_t kc, std::int64_t j0,
                       std::int64_t n_cur, std::int64_t nr, T* dst);
 };
-
-template <typename T>
-GemmWorkspace gemm_workspace(const BlockSizes& bs, std::int64_t m, std::int64_t n,
-                             std::int64_t k);
 
 // The implementation in use for T (the selected ISA).
 template <typename T>

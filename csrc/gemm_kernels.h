@@ -385,28 +385,7 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
   }
 }
 
-// ---- Work sharing --------------------------------------------------------------
-// The five-loop driver is written once against a "team": SerialTeam runs a
-// loop in order on the calling thread (no OpenMP construct at all, so it is
-// safe inside someone else's parallel region); OmpTeam shares the loop among
-// the threads of the enclosing region, dynamically, which keeps a thread on a
-// busy core from holding the others up. Both end each loop with a barrier.
-struct SerialTeam {
-  template <class F> void for_each(int64_t count, F&& f) {
-    for (int64_t i = 0; i < count; ++i) f(i, 0);
-  }
-};
-
-#ifdef _OPENMP
-struct OmpTeam {
-  int tid;
-  template <class F> void for_each(int64_t count, F&& f) {
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < count; ++i) f(i, tid);
-  }
-};
-#endif
-
+// ---- The five loops ------------------------------------------------------------
 template <typename T>
 struct Problem {
   int64_t m, n, k;
@@ -415,113 +394,112 @@ struct Problem {
   T beta;
   T* c;
   int64_t ldc;
-  T* pack_a;  // nthreads slots of pack_a_stride elements
-  T* pack_b;
-  int64_t pack_a_stride;
-  int nthreads;
   const PackB<T>* packer;  // null: pack from the strided b
 };
 
-// The five loops: jc (NC) -> pc (KC, pack B) -> ic (MC, pack A) -> jr (NR)
-// -> ir (MR) -> micro_kernel. Threads split ic when m gives every thread at
-// least a few MR panels (each packs its own A block, all share packed B);
-// otherwise they split jr and share one packed A block.
-template <typename T, class Team>
-void drive(const Problem<T>& P, Team& team) {
+// Scratch of one thread: its packed B block (KC x NC, 64-byte aligned first)
+// and its packed A block (MC x KC).
+template <typename T>
+int64_t workspace_elems(int64_t m, int64_t n, int64_t k) {
   constexpr int64_t MR = Blocking<T>::MR, KC = Blocking<T>::KC, MC = Blocking<T>::MC,
                     NC = Blocking<T>::NC;
   constexpr int64_t NR = Blocking<T>::NV * (kVecBytes / static_cast<int64_t>(sizeof(T)));
-  const int64_t nt = P.nthreads;
-  const bool split_ic = nt > 1 && P.m >= nt * 4 * MR;
-  // Row blocks: at least ceil(m/MC); with split_ic, a multiple of the thread
-  // count so the threads get equal shares.
-  int64_t m_blocks = ceil_div(P.m, MC);
-  if (split_ic) m_blocks = ceil_div(m_blocks > nt ? m_blocks : nt, nt) * nt;
-  const int64_t mc_blk = ceil_div(ceil_div(P.m, m_blocks), MR) * MR;
-  m_blocks = ceil_div(P.m, mc_blk);
+  constexpr int64_t line = 64 / static_cast<int64_t>(sizeof(T));
+  const int64_t kc = min64(KC, k < 1 ? 1 : k);
+  const int64_t mc = ceil_div(min64(MC, m < 1 ? 1 : m), MR) * MR;
+  const int64_t nc = ceil_div(min64(NC, n < 1 ? 1 : n), NR) * NR;
+  return ceil_div(nc * kc, line) * line + ceil_div(mc * kc, line) * line;
+}
 
-  for (int64_t jc = 0; jc < P.n; jc += NC) {  // loop 5: jc
-    const int64_t nc_cur = min64(NC, P.n - jc);
+// C[i0:i0+mm, j0:j0+nn] of the problem, on the calling thread alone:
+// jc (NC) -> pc (KC, pack B) -> ic (MC, pack A) -> jr (NR) -> ir (MR) ->
+// micro_kernel. Threads run this on disjoint slices of C (see run()).
+template <typename T>
+void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t nn,
+                T* work) {
+  constexpr int64_t MR = Blocking<T>::MR, KC = Blocking<T>::KC, MC = Blocking<T>::MC,
+                    NC = Blocking<T>::NC;
+  constexpr int64_t NR = Blocking<T>::NV * (kVecBytes / static_cast<int64_t>(sizeof(T)));
+  constexpr int64_t line = 64 / static_cast<int64_t>(sizeof(T));
+  T* pack_b = work;
+  T* pack_a = work + ceil_div(ceil_div(min64(NC, P.n), NR) * NR * min64(KC, P.k), line) * line;
+  for (int64_t jc = 0; jc < nn; jc += NC) {  // loop 5: jc
+    const int64_t nc_cur = min64(NC, nn - jc);
     const int64_t n_panels = ceil_div(nc_cur, NR);
     for (int64_t pc = 0; pc < P.k; pc += KC) {  // loop 4: pc
       const int64_t kc_cur = min64(KC, P.k - pc);
       const T beta_cur = pc == 0 ? P.beta : T(1);
-      team.for_each(n_panels, [&](int64_t jp, int) {  // pack B, shared
-        const int64_t j0 = jc + jp * NR;
-        T* dst = P.pack_b + jp * NR * kc_cur;
+      for (int64_t jp = 0; jp < n_panels; ++jp) {  // pack B: kc x NR panels
+        const int64_t col = j0 + jc + jp * NR;
+        const int64_t n_cur = min64(NR, j0 + nn - col);
+        T* dst = pack_b + jp * NR * kc_cur;
         if (P.packer != nullptr)
-          P.packer->fill(P.packer->ctx, pc, kc_cur, j0, min64(NR, P.n - j0), NR, dst);
+          P.packer->fill(P.packer->ctx, pc, kc_cur, col, n_cur, NR, dst);
         else
-          pack_b_panel<T>(kc_cur, min64(NR, P.n - j0), P.b.data + pc * P.b.rs + j0 * P.b.cs,
-                          P.b.rs, P.b.cs, dst);
-      });
-      auto macro = [&](int64_t ic, int64_t mc_cur, const T* pa, int64_t jp_begin,
-                       int64_t jp_end) {
-        for (int64_t jp = jp_begin; jp < jp_end; ++jp) {  // loop 2: jr
-          const int64_t j0 = jc + jp * NR;
-          const int64_t n_cur = min64(NR, P.n - j0);
-          const T* pb = P.pack_b + jp * NR * kc_cur;
-          for (int64_t ir = 0; ir < mc_cur; ir += MR) {  // loop 1: ir
-            micro_kernel<T>(kc_cur, pa + ir * kc_cur, pb, P.c + (ic + ir) * P.ldc + j0, P.ldc,
-                            P.alpha, beta_cur, min64(MR, mc_cur - ir), n_cur);
-          }
-        }
-      };
-      if (split_ic) {
-        team.for_each(m_blocks, [&](int64_t ib, int tid) {  // loop 3: ic, split
-          const int64_t ic = ib * mc_blk;
-          const int64_t mc_cur = min64(mc_blk, P.m - ic);
-          T* pa = P.pack_a + tid * P.pack_a_stride;
-          for (int64_t ir = 0; ir < mc_cur; ir += MR)
-            pack_a_panel<T>(kc_cur, min64(MR, mc_cur - ir),
-                            P.a.data + (ic + ir) * P.a.rs + pc * P.a.cs, P.a.rs, P.a.cs,
-                            pa + ir * kc_cur);
-          macro(ic, mc_cur, pa, 0, n_panels);
-        });
-      } else {
-        for (int64_t ic = 0; ic < P.m; ic += mc_blk) {  // loop 3: ic, shared A
-          const int64_t mc_cur = min64(mc_blk, P.m - ic);
-          team.for_each(ceil_div(mc_cur, MR), [&](int64_t ip, int) {
-            const int64_t ir = ip * MR;
-            pack_a_panel<T>(kc_cur, min64(MR, mc_cur - ir),
-                            P.a.data + (ic + ir) * P.a.rs + pc * P.a.cs, P.a.rs, P.a.cs,
-                            P.pack_a + ir * kc_cur);
-          });
-          team.for_each(n_panels, [&](int64_t jp, int) {
-            macro(ic, mc_cur, P.pack_a, jp, jp + 1);
-          });
+          pack_b_panel<T>(kc_cur, n_cur, P.b.data + pc * P.b.rs + col * P.b.cs, P.b.rs,
+                          P.b.cs, dst);
+      }
+      for (int64_t ic = 0; ic < mm; ic += MC) {  // loop 3: ic
+        const int64_t mc_cur = min64(MC, mm - ic);
+        const int64_t row0 = i0 + ic;
+        for (int64_t ir = 0; ir < mc_cur; ir += MR)  // pack A: MR x kc panels
+          pack_a_panel<T>(kc_cur, min64(MR, mc_cur - ir),
+                          P.a.data + (row0 + ir) * P.a.rs + pc * P.a.cs, P.a.rs, P.a.cs,
+                          pack_a + ir * kc_cur);
+        for (int64_t jp = 0; jp < n_panels; ++jp) {  // loop 2: jr
+          const int64_t col = j0 + jc + jp * NR;
+          const int64_t n_cur = min64(NR, j0 + nn - col);
+          const T* pb = pack_b + jp * NR * kc_cur;
+          for (int64_t ir = 0; ir < mc_cur; ir += MR)  // loop 1: ir
+            micro_kernel<T>(kc_cur, pack_a + ir * kc_cur, pb, P.c + (row0 + ir) * P.ldc + col,
+                            P.ldc, P.alpha, beta_cur, min64(MR, mc_cur - ir), n_cur);
         }
       }
     }
   }
 }
 
+// Threads take disjoint slices of C and run gemm_slice independently, each
+// packing its own panels: no shared buffer, so no barrier at all (with
+// OMP_WAIT_POLICY=passive every barrier is a futex sleep and wake, and a
+// mid-sized GEMM with k = 4320 had 68 of them). The slices split the side
+// whose duplicated packing costs less: rows (each thread packs all of B)
+// when B is the smaller operand, columns (each packs all of A) otherwise.
 template <typename T>
 void run(int64_t m, int64_t n, int64_t k, T alpha, MatRef<T> a, MatRef<T> b, T beta, T* c,
-         int64_t ldc, T* pack_a, T* pack_b, int nthreads, const PackB<T>* packer) {
+         int64_t ldc, T* work, int nthreads, const PackB<T>* packer) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0 || alpha == T(0)) {  // C = beta * C, A and B not read
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
     return;
   }
-  constexpr int64_t MR = Blocking<T>::MR, KC = Blocking<T>::KC;
-  const int64_t mc_max = ceil_div(min64(Blocking<T>::MC, m), MR) * MR;
-  Problem<T> P{m, n, k, alpha, a, b, beta, c, ldc, pack_a, pack_b,
-               mc_max * min64(KC, k), nthreads < 1 ? 1 : nthreads, packer};
+  constexpr int64_t MR = Blocking<T>::MR;
+  constexpr int64_t NR = Blocking<T>::NV * (kVecBytes / static_cast<int64_t>(sizeof(T)));
+  const Problem<T> P{m, n, k, alpha, a, b, beta, c, ldc, packer};
+  const int64_t m_units = ceil_div(m, MR), n_units = ceil_div(n, NR);
+  int64_t nt = nthreads < 1 ? 1 : nthreads;
+  bool split_rows = m_units >= nt && (m >= n || n_units < nt);
+  if (!split_rows && n_units < nt) nt = 1;
 #ifdef _OPENMP
-  if (P.nthreads > 1) {
-#pragma omp parallel num_threads(P.nthreads)
+  if (nt > 1) {
+    const int64_t stride = workspace_elems<T>(m, n, k);
+#pragma omp parallel num_threads(nt)
     {
-      OmpTeam team{omp_get_thread_num()};
-      drive<T>(P, team);
+      const int64_t t = omp_get_thread_num(), team = omp_get_num_threads();
+      const int64_t units = split_rows ? m_units : n_units;
+      const int64_t u0 = units * t / team, u1 = units * (t + 1) / team;
+      T* w = work + t * stride;
+      if (split_rows)
+        gemm_slice<T>(P, u0 * MR, min64(u1 * MR, m) - u0 * MR, 0, n, w);
+      else
+        gemm_slice<T>(P, 0, m, u0 * NR, min64(u1 * NR, n) - u0 * NR, w);
     }
     return;
   }
 #endif
-  P.nthreads = 1;
-  SerialTeam team;
-  drive<T>(P, team);
+  (void)split_rows;
+  gemm_slice<T>(P, 0, m, 0, n, work);
 }
 
 template <typename T>
@@ -533,10 +511,12 @@ BlockSizes block_sizes() {
 }  // namespace
 
 GemmImpl<float> make_gemm_float() {
-  return {PYCONV_ISA_NAME, block_sizes<float>(), &run<float>, &pack_im2col<float>};
+  return {PYCONV_ISA_NAME, block_sizes<float>(), &workspace_elems<float>, &run<float>,
+          &pack_im2col<float>};
 }
 GemmImpl<double> make_gemm_double() {
-  return {PYCONV_ISA_NAME, block_sizes<double>(), &run<double>, &pack_im2col<double>};
+  return {PYCONV_ISA_NAME, block_sizes<double>(), &workspace_elems<double>, &run<double>,
+          &pack_im2col<double>};
 }
 
 }  // namespace PYCONV_ISA

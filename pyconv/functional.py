@@ -200,7 +200,12 @@ def max_pool2d_backward(dout, argmax, x_shape, dtype=None) -> np.ndarray:
         raise ValueError(
             f"max_pool2d_backward: expected x_shape of length 4 (N, C, H, W), but got {shape}"
         )
-    _, _, h, w = (_int_arg(s, "x_shape") for s in shape)
+    n, c, h, w = (_int_arg(s, "x_shape") for s in shape)
+    if (n, c) != tuple(da.shape[:2]):
+        raise ValueError(
+            f"max_pool2d_backward: expected x_shape[:2] == dout.shape[:2], but got x_shape "
+            f"{shape} and dout.shape {da.shape}"
+        )
     return _core.max_pool2d_backward(
         as_compute_array(da, dtype, "dout"), np.ascontiguousarray(am), h, w
     )
@@ -243,4 +248,13 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None) -
                 f"gemm: expected out to be a writeable C-contiguous {dtype} array, but got "
                 f"dtype {out.dtype} (c_contiguous={out.flags.c_contiguous})"
             )
-    return _core.gemm(a2, b2, ta, tb, float(alpha), float(beta), out)
+    scalars = []
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        try:
+            v = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise TypeError(f"gemm: expected {name} to be a real number, but got {value!r}") from None
+        if not np.isfinite(v):
+            raise ValueError(f"gemm: expected a finite {name}, but got {v}")
+        scalars.append(v)
+    return _core.gemm(a2, b2, ta, tb, scalars[0], scalars[1], out)
