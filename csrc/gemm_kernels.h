@@ -33,42 +33,57 @@ namespace {
 using std::int64_t;
 
 // ---- Block sizes: the one place they are set --------------------------------
-// MR x NR is the register block: MR broadcasts of A times NV = NR/VL vectors of
-// B, MR*NV accumulators. KC: the KC x NR micro-panel of B stays in L1 while
-// the ir loop streams A. MC: the MC x KC block of A stays in L2 (half of a
-// 1-2 MiB L2). NC: the KC x NC block of B stays in the shared L3.
+// A configuration: MR x NR is the register block (MR broadcasts of A times
+// NV = NR/VL vectors of B: MR*NV accumulators). KC: the KC x NR micro-panel of
+// B stays in L1 (<= 32 KiB of Zen 5's 48 KiB) while the ir loop streams A.
+// MC: the MC x KC block of A stays in L2 (1 MiB a core). NC: the KC x NC block
+// of B stays in L3. Wide is the workhorse; Narrow (NR halved, MR doubled)
+// serves products whose n would leave most of a wide panel as padding (conv
+// weight gradients with 25-30 columns, say).
 #if defined(PYCONV_ISA_AVX512)
 constexpr int kVecBytes = 64;  // 32 zmm registers
-template <typename T> struct Blocking;
-template <> struct Blocking<float> {   // 24 accumulators + 4 B vectors
-  static constexpr int MR = 6, NV = 4;
-  static constexpr int64_t KC = 128, MC = 144, NC = 4096;
-};
-template <> struct Blocking<double> {
-  static constexpr int MR = 6, NV = 4;
-  static constexpr int64_t KC = 128, MC = 144, NC = 2048;
-};
 #elif defined(PYCONV_ISA_AVX2)
 constexpr int kVecBytes = 32;  // 16 ymm registers
-template <typename T> struct Blocking;
-template <> struct Blocking<float> {   // 12 accumulators + 2 B vectors
-  static constexpr int MR = 6, NV = 2;
-  static constexpr int64_t KC = 256, MC = 144, NC = 4096;
-};
-template <> struct Blocking<double> {
-  static constexpr int MR = 6, NV = 2;
-  static constexpr int64_t KC = 256, MC = 96, NC = 2048;
-};
 #else
 constexpr int kVecBytes = 16;  // SSE2 / NEON: 16 registers assumed
+#endif
+
+template <typename T_, int MR_, int NV_, int64_t KC_, int64_t MC_, int64_t NC_>
+struct Cfg {
+  using T = T_;
+  static constexpr int MR = MR_, NV = NV_;
+  static constexpr int VL = kVecBytes / static_cast<int>(sizeof(T_));
+  static constexpr int NR = NV_ * VL;
+  static constexpr int64_t KC = KC_, MC = MC_, NC = NC_;
+};
+
 template <typename T> struct Blocking;
-template <> struct Blocking<float> {   // 8 accumulators + 2 B vectors
-  static constexpr int MR = 4, NV = 2;
-  static constexpr int64_t KC = 256, MC = 128, NC = 2048;
+#if defined(PYCONV_ISA_AVX512)
+template <> struct Blocking<float> {
+  using Wide = Cfg<float, 6, 4, 128, 144, 4096>;   // 6x64: 24 accumulators + 4 B vectors
+  using Narrow = Cfg<float, 12, 2, 256, 144, 4096>;  // 12x32: 24 + 2
 };
 template <> struct Blocking<double> {
-  static constexpr int MR = 4, NV = 2;
-  static constexpr int64_t KC = 256, MC = 64, NC = 1024;
+  using Wide = Cfg<double, 6, 4, 128, 144, 2048>;   // 6x32
+  using Narrow = Cfg<double, 12, 2, 256, 144, 2048>;  // 12x16
+};
+#elif defined(PYCONV_ISA_AVX2)
+template <> struct Blocking<float> {  // 6x16: 12 accumulators + 2 B vectors
+  using Wide = Cfg<float, 6, 2, 256, 144, 4096>;
+  using Narrow = Wide;
+};
+template <> struct Blocking<double> {  // 6x8
+  using Wide = Cfg<double, 6, 2, 256, 96, 2048>;
+  using Narrow = Wide;
+};
+#else
+template <> struct Blocking<float> {  // 4x8: 8 accumulators + 2 B vectors
+  using Wide = Cfg<float, 4, 2, 256, 128, 2048>;
+  using Narrow = Wide;
+};
+template <> struct Blocking<double> {  // 4x4
+  using Wide = Cfg<double, 4, 2, 256, 64, 1024>;
+  using Narrow = Wide;
 };
 #endif
 
@@ -102,14 +117,13 @@ inline V splat(T s) {
 
 // ---- Micro-kernel ------------------------------------------------------------
 // C[0:m_cur, 0:n_cur] = alpha * (A_panel * B_panel) + beta * C, over kc.
-template <typename T>
+template <class C, typename T = typename C::T>
 inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b,
                          T* __restrict c, int64_t ldc, T alpha, T beta, int64_t m_cur,
                          int64_t n_cur) {
   using V = typename VecOf<T>::V;
   using VU = typename VecOf<T>::VU;
-  constexpr int MR = Blocking<T>::MR, NV = Blocking<T>::NV;
-  constexpr int VL = kVecBytes / sizeof(T), NR = NV * VL;
+  constexpr int MR = C::MR, NV = C::NV, VL = C::VL, NR = C::NR;
 
   V acc[MR][NV];
 #pragma GCC unroll 32
@@ -245,9 +259,9 @@ inline void transpose_block(const double* src, int64_t lds, int64_t rows, double
 }
 #endif
 
-template <typename T>
+template <class C, typename T = typename C::T>
 void pack_a_panel(int64_t kc, int64_t m_cur, const T* a, int64_t rs, int64_t cs, T* dst) {
-  constexpr int MR = Blocking<T>::MR;
+  constexpr int MR = C::MR;
 #if defined(PYCONV_ISA_AVX512)
   if constexpr (sizeof(T) == 4 && MR == 6) {
     if (cs == 1 && m_cur == MR) {
@@ -271,9 +285,9 @@ void pack_a_panel(int64_t kc, int64_t m_cur, const T* a, int64_t rs, int64_t cs,
 }
 
 // B block column panel (kc x n_cur at b, strides rs/cs) -> one kc x NR panel.
-template <typename T>
+template <class C, typename T = typename C::T>
 void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs, T* dst) {
-  constexpr int NR = Blocking<T>::NV * (kVecBytes / static_cast<int>(sizeof(T)));
+  constexpr int NR = C::NR;
   if (cs == 1) {
     for (int64_t p = 0; p < kc; ++p) {
       const T* src = b + p * rs;
@@ -399,11 +413,9 @@ struct Problem {
 
 // Scratch of one thread: its packed B block (KC x NC, 64-byte aligned first)
 // and its packed A block (MC x KC).
-template <typename T>
-int64_t workspace_elems(int64_t m, int64_t n, int64_t k) {
-  constexpr int64_t MR = Blocking<T>::MR, KC = Blocking<T>::KC, MC = Blocking<T>::MC,
-                    NC = Blocking<T>::NC;
-  constexpr int64_t NR = Blocking<T>::NV * (kVecBytes / static_cast<int64_t>(sizeof(T)));
+template <class C, typename T = typename C::T>
+int64_t cfg_workspace_elems(int64_t m, int64_t n, int64_t k) {
+  constexpr int64_t MR = C::MR, KC = C::KC, MC = C::MC, NC = C::NC, NR = C::NR;
   constexpr int64_t line = 64 / static_cast<int64_t>(sizeof(T));
   const int64_t kc = min64(KC, k < 1 ? 1 : k);
   const int64_t mc = ceil_div(min64(MC, m < 1 ? 1 : m), MR) * MR;
@@ -414,12 +426,10 @@ int64_t workspace_elems(int64_t m, int64_t n, int64_t k) {
 // C[i0:i0+mm, j0:j0+nn] of the problem, on the calling thread alone:
 // jc (NC) -> pc (KC, pack B) -> ic (MC, pack A) -> jr (NR) -> ir (MR) ->
 // micro_kernel. Threads run this on disjoint slices of C (see run()).
-template <typename T>
+template <class C, typename T = typename C::T>
 void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t nn,
                 T* work) {
-  constexpr int64_t MR = Blocking<T>::MR, KC = Blocking<T>::KC, MC = Blocking<T>::MC,
-                    NC = Blocking<T>::NC;
-  constexpr int64_t NR = Blocking<T>::NV * (kVecBytes / static_cast<int64_t>(sizeof(T)));
+  constexpr int64_t MR = C::MR, KC = C::KC, MC = C::MC, NC = C::NC, NR = C::NR;
   constexpr int64_t line = 64 / static_cast<int64_t>(sizeof(T));
   T* pack_b = work;
   T* pack_a = work + ceil_div(ceil_div(min64(NC, P.n), NR) * NR * min64(KC, P.k), line) * line;
@@ -436,14 +446,14 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
         if (P.packer != nullptr)
           P.packer->fill(P.packer->ctx, pc, kc_cur, col, n_cur, NR, dst);
         else
-          pack_b_panel<T>(kc_cur, n_cur, P.b.data + pc * P.b.rs + col * P.b.cs, P.b.rs,
+          pack_b_panel<C>(kc_cur, n_cur, P.b.data + pc * P.b.rs + col * P.b.cs, P.b.rs,
                           P.b.cs, dst);
       }
       for (int64_t ic = 0; ic < mm; ic += MC) {  // loop 3: ic
         const int64_t mc_cur = min64(MC, mm - ic);
         const int64_t row0 = i0 + ic;
         for (int64_t ir = 0; ir < mc_cur; ir += MR)  // pack A: MR x kc panels
-          pack_a_panel<T>(kc_cur, min64(MR, mc_cur - ir),
+          pack_a_panel<C>(kc_cur, min64(MR, mc_cur - ir),
                           P.a.data + (row0 + ir) * P.a.rs + pc * P.a.cs, P.a.rs, P.a.cs,
                           pack_a + ir * kc_cur);
         for (int64_t jp = 0; jp < n_panels; ++jp) {  // loop 2: jr
@@ -451,7 +461,7 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
           const int64_t n_cur = min64(NR, j0 + nn - col);
           const T* pb = pack_b + jp * NR * kc_cur;
           for (int64_t ir = 0; ir < mc_cur; ir += MR)  // loop 1: ir
-            micro_kernel<T>(kc_cur, pack_a + ir * kc_cur, pb, P.c + (row0 + ir) * P.ldc + col,
+            micro_kernel<C>(kc_cur, pack_a + ir * kc_cur, pb, P.c + (row0 + ir) * P.ldc + col,
                             P.ldc, P.alpha, beta_cur, min64(MR, mc_cur - ir), n_cur);
         }
       }
@@ -465,6 +475,50 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
 // mid-sized GEMM with k = 4320 had 68 of them). The slices split the side
 // whose duplicated packing costs less: rows (each thread packs all of B)
 // when B is the smaller operand, columns (each packs all of A) otherwise.
+template <class C, typename T = typename C::T>
+void run_cfg(const Problem<T>& P, T* work, int nthreads) {
+  constexpr int64_t MR = C::MR, NR = C::NR;
+  const int64_t m = P.m, n = P.n, k = P.k;
+  const int64_t m_units = ceil_div(m, MR), n_units = ceil_div(n, NR);
+  int64_t nt = nthreads < 1 ? 1 : nthreads;
+  bool split_rows = m_units >= nt && (m >= n || n_units < nt);
+  if (!split_rows && n_units < nt) nt = 1;
+#ifdef _OPENMP
+  if (nt > 1) {
+    const int64_t stride = cfg_workspace_elems<C>(m, n, k);
+#pragma omp parallel num_threads(nt)
+    {
+      const int64_t t = omp_get_thread_num(), team = omp_get_num_threads();
+      const int64_t units = split_rows ? m_units : n_units;
+      const int64_t u0 = units * t / team, u1 = units * (t + 1) / team;
+      T* w = work + t * stride;
+      if (split_rows)
+        gemm_slice<C>(P, u0 * MR, min64(u1 * MR, m) - u0 * MR, 0, n, w);
+      else
+        gemm_slice<C>(P, 0, m, u0 * NR, min64(u1 * NR, n) - u0 * NR, w);
+    }
+    return;
+  }
+#endif
+  (void)split_rows;
+  gemm_slice<C>(P, 0, m, 0, n, work);
+}
+
+// The wide configuration unless the narrow one saves over a fifth of the
+// padded columns.
+template <typename T>
+bool use_narrow(int64_t n) {
+  using W = typename Blocking<T>::Wide;
+  using N = typename Blocking<T>::Narrow;
+  return N::NR < W::NR && ceil_div(n, N::NR) * N::NR * 5 < ceil_div(n, W::NR) * W::NR * 4;
+}
+
+template <typename T>
+int64_t workspace_elems(int64_t m, int64_t n, int64_t k) {
+  return use_narrow<T>(n) ? cfg_workspace_elems<typename Blocking<T>::Narrow>(m, n, k)
+                          : cfg_workspace_elems<typename Blocking<T>::Wide>(m, n, k);
+}
+
 template <typename T>
 void run(int64_t m, int64_t n, int64_t k, T alpha, MatRef<T> a, MatRef<T> b, T beta, T* c,
          int64_t ldc, T* work, int nthreads, const PackB<T>* packer) {
@@ -474,38 +528,17 @@ void run(int64_t m, int64_t n, int64_t k, T alpha, MatRef<T> a, MatRef<T> b, T b
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
     return;
   }
-  constexpr int64_t MR = Blocking<T>::MR;
-  constexpr int64_t NR = Blocking<T>::NV * (kVecBytes / static_cast<int64_t>(sizeof(T)));
   const Problem<T> P{m, n, k, alpha, a, b, beta, c, ldc, packer};
-  const int64_t m_units = ceil_div(m, MR), n_units = ceil_div(n, NR);
-  int64_t nt = nthreads < 1 ? 1 : nthreads;
-  bool split_rows = m_units >= nt && (m >= n || n_units < nt);
-  if (!split_rows && n_units < nt) nt = 1;
-#ifdef _OPENMP
-  if (nt > 1) {
-    const int64_t stride = workspace_elems<T>(m, n, k);
-#pragma omp parallel num_threads(nt)
-    {
-      const int64_t t = omp_get_thread_num(), team = omp_get_num_threads();
-      const int64_t units = split_rows ? m_units : n_units;
-      const int64_t u0 = units * t / team, u1 = units * (t + 1) / team;
-      T* w = work + t * stride;
-      if (split_rows)
-        gemm_slice<T>(P, u0 * MR, min64(u1 * MR, m) - u0 * MR, 0, n, w);
-      else
-        gemm_slice<T>(P, 0, m, u0 * NR, min64(u1 * NR, n) - u0 * NR, w);
-    }
-    return;
-  }
-#endif
-  (void)split_rows;
-  gemm_slice<T>(P, 0, m, 0, n, work);
+  if (use_narrow<T>(n))
+    run_cfg<typename Blocking<T>::Narrow>(P, work, nthreads);
+  else
+    run_cfg<typename Blocking<T>::Wide>(P, work, nthreads);
 }
 
 template <typename T>
-BlockSizes block_sizes() {
-  return {Blocking<T>::MR, Blocking<T>::NV * (kVecBytes / static_cast<int64_t>(sizeof(T))),
-          Blocking<T>::KC, Blocking<T>::MC, Blocking<T>::NC};
+BlockSizes block_sizes() {  // the wide configuration's (reported by config())
+  using W = typename Blocking<T>::Wide;
+  return {W::MR, W::NR, W::KC, W::MC, W::NC};
 }
 
 }  // namespace
