@@ -169,6 +169,32 @@ def _load_data(args):
         return load_mnist(flatten=False, subset="mini"), "embedded MNIST subset (fallback)"
 
 
+def _keep_freed_memory() -> bool:
+    """Ask glibc's malloc to reuse freed blocks instead of returning them to the OS.
+
+    A training step allocates and frees a dozen arrays of several MB; by default
+    glibc maps each afresh (or trims the heap after it), so the OS faults in and
+    zeroes every page again: about 2 ms of a 10 ms SimpleConvNet step (measured).
+    This process is ours, so the CLI raises the mmap and trim thresholds; library
+    users can do the same with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_.
+    Returns False where there is no glibc (nothing changed).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = mallopt(m_mmap_threshold, 128 << 20) == 1
+    return bool(mallopt(m_trim_threshold, 256 << 20) == 1 and ok)
+
+
 def _train(args) -> int:
     from . import get_num_threads, set_num_threads
     from .network import SimpleConvNet
@@ -181,6 +207,7 @@ def _train(args) -> int:
         return 1
     if args.threads is not None:
         set_num_threads(args.threads)
+    _keep_freed_memory()
     try:
         ((x_train, t_train), (x_test, t_test)), source = _load_data(args)
     except (OSError, ValueError) as e:
