@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <sstream>
 #include <stdexcept>
@@ -14,6 +15,7 @@
 #include "conv2d.h"
 #include "gemm.h"
 #include "im2col.h"
+#include "pointwise.h"
 #include "pool2d.h"
 #include "runtime.h"
 
@@ -370,6 +372,45 @@ Arr<T> max_pool2d_backward_py(const Arr<T>& dy, const Arr<int64_t>& argmax, int6
   return dx;
 }
 
+// ---- ReLU ----------------------------------------------------------------------
+std::vector<py::ssize_t> dims_of(const py::array& a) {
+  return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
+}
+
+template <typename T>
+py::tuple relu_forward_py(const Arr<T>& x) {
+  Arr<T> y(dims_of(x));
+  py::array_t<bool, py::array::c_style> mask(dims_of(x));
+  const T* xp = x.data();
+  T* yp = y.mutable_data();
+  bool* mp = mask.mutable_data();
+  const int64_t n = static_cast<int64_t>(x.size());
+  {
+    py::gil_scoped_release release;
+    relu_forward(xp, n, yp, mp);
+  }
+  return py::make_tuple(y, mask);
+}
+
+template <typename T>
+Arr<T> relu_backward_py(const Arr<T>& dout, const py::array_t<bool, py::array::c_style>& mask) {
+  if (dout.ndim() != mask.ndim() ||
+      !std::equal(dout.shape(), dout.shape() + dout.ndim(), mask.shape())) {
+    fail("relu_backward: expected dout of the shape of the forward input " + shape_str(mask) +
+         ", but got " + shape_str(dout));
+  }
+  Arr<T> dx(dims_of(dout));
+  const T* dp = dout.data();
+  const bool* mp = mask.data();
+  T* xp = dx.mutable_data();
+  const int64_t n = static_cast<int64_t>(dout.size());
+  {
+    py::gil_scoped_release release;
+    relu_backward(dp, mp, n, xp);
+  }
+  return dx;
+}
+
 template <typename T>
 void def_ops(py::module_& m) {
   m.def("im2col", &im2col_py<T>, "x"_a.noconvert(), "kernel_h"_a, "kernel_w"_a, "stride"_a,
@@ -388,6 +429,8 @@ void def_ops(py::module_& m) {
         "kernel_w"_a, "stride"_a, "pad"_a, "Returns (y, argmax).");
   m.def("max_pool2d_backward", &max_pool2d_backward_py<T>, "dout"_a.noconvert(),
         "argmax"_a.noconvert(), "height"_a, "width"_a);
+  m.def("relu_forward", &relu_forward_py<T>, "x"_a.noconvert(), "Returns (y, mask).");
+  m.def("relu_backward", &relu_backward_py<T>, "dout"_a.noconvert(), "mask"_a.noconvert());
 }
 
 py::dict blocking_dict(const BlockSizes& b) {

@@ -255,17 +255,17 @@ class Relu:
     def forward(self, x):
         xa = np.asarray(x)
         dtype = F.compute_dtype(xa.dtype, "x")
-        xa = xa.astype(dtype, copy=False)
-        self.mask = xa > 0
-        return np.maximum(xa, dtype.type(0))
+        # One pass in the core: output and mask together (NumPy needs two).
+        out, self.mask = F._core.relu_forward(F.as_compute_array(xa, dtype, "x"))
+        return out
 
     def backward(self, dout):
         if self.mask is None:
             raise ValueError("Relu.backward: called before forward")
         _check_dout("Relu", dout, self.mask.shape)
-        dout = np.asarray(dout)
-        dtype = F.compute_dtype(dout.dtype, "dout")
-        return np.multiply(dout, self.mask, dtype=dtype)
+        da = np.asarray(dout)
+        dtype = F.compute_dtype(da.dtype, "dout")
+        return F._core.relu_backward(F.as_compute_array(da, dtype, "dout"), self.mask)
 
     def __repr__(self):
         return "Relu()"

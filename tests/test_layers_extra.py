@@ -298,3 +298,37 @@ def test_reprs_are_short():
         text = repr(layer)
         assert type(layer).__name__ in text and len(text) < 80
     assert "3->2" in repr(Affine(np.zeros((3, 2)), np.zeros(2)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_core_kernel_special_values_and_threads(dtype):
+    # Large enough for the threaded path of the core kernel; NaN propagates
+    # forward (as np.maximum), and backward zeroes masked entries exactly
+    # (an inf in dout must not become NaN).
+    import pyconv
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(200_003).astype(dtype)
+    x[:4] = [np.nan, -np.inf, np.inf, -0.0]
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    dout[4:8] = [np.inf, -np.inf, np.nan, 1.0]
+    x[4:8] = [-1.0, -2.0, -3.0, 0.0]
+    results = []
+    for threads in (1, 2):
+        old = pyconv.get_num_threads()
+        pyconv.set_num_threads(threads)
+        try:
+            layer = Relu()
+            y = layer.forward(x)
+            dx = layer.backward(dout)
+        finally:
+            pyconv.set_num_threads(old)
+        results.append((y, dx))
+    y, dx = results[0]
+    assert np.isnan(y[0]) and y[1] == 0 and y[2] == np.inf
+    np.testing.assert_array_equal(y[4:], np.where(x[4:] > 0, x[4:], 0))
+    np.testing.assert_array_equal(dx, np.where(x > 0, dout, 0))
+    assert dx.dtype == dtype and y.dtype == dtype
+    for y2, dx2 in results[1:]:
+        np.testing.assert_array_equal(y2, y)
+        np.testing.assert_array_equal(dx2, dx)
