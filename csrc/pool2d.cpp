@@ -3,6 +3,8 @@
 #include "pool2d.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 
 #include "runtime.h"
 
@@ -74,6 +76,54 @@ void pool_row_k(const T* xp, std::int64_t width, std::int64_t stride_rt, std::in
       window_max(xp, width, h0, h0 + K, w0 + o * st, w0 + o * st + K, yo + o, ao + o);
 }
 
+// 2x2 windows at stride 2, `count` outputs of one row starting at input
+// column w0: 16-byte vectors of outputs at a time (even/odd columns of the two
+// input rows split by shuffles, then three compare-and-selects). A vector
+// whose window holds a NaN, and the tail, go to pool_row_k.
+template <typename T>
+void pool_row_2x2s2(const T* xp, std::int64_t width, std::int64_t h0, std::int64_t w0,
+                    std::int64_t count, T* yo, std::int64_t* ao) {
+  typedef T V __attribute__((vector_size(16), aligned(sizeof(T))));
+  typedef std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t> I;
+  typedef I VI __attribute__((vector_size(16)));
+  constexpr int L = 16 / sizeof(T);
+  const VI even = [] {
+    VI v;
+    for (int l = 0; l < L; ++l) v[l] = 2 * l;
+    return v;
+  }();
+  const VI odd = even + 1;
+  const T* r0 = xp + h0 * width + w0;
+  const T* r1 = r0 + width;
+  std::int64_t o = 0;
+  for (; o + L <= count; o += L) {
+    const V a0 = *reinterpret_cast<const V*>(r0 + 2 * o);
+    const V a1 = *reinterpret_cast<const V*>(r0 + 2 * o + L);
+    const V b0 = *reinterpret_cast<const V*>(r1 + 2 * o);
+    const V b1 = *reinterpret_cast<const V*>(r1 + 2 * o + L);
+    const V v[4] = {__builtin_shuffle(a0, a1, even), __builtin_shuffle(a0, a1, odd),
+                    __builtin_shuffle(b0, b1, even), __builtin_shuffle(b0, b1, odd)};
+    const VI nan = (v[0] != v[0]) | (v[1] != v[1]) | (v[2] != v[2]) | (v[3] != v[3]);
+    bool any_nan = false;
+    for (int l = 0; l < L; ++l) any_nan |= nan[l] != 0;
+    if (any_nan) {
+      pool_row_k<T, 2, 2>(xp, width, 2, h0, w0 + 2 * o, L, yo + o, ao + o);
+      continue;
+    }
+    V best = v[0];
+    VI k = VI{} + 0;
+    for (int q = 1; q < 4; ++q) {  // window order (0,0) (0,1) (1,0) (1,1)
+      const VI gt = v[q] > best;
+      best = gt ? v[q] : best;
+      k = gt ? VI{} + q : k;
+    }
+    *reinterpret_cast<V*>(yo + o) = best;
+    for (int l = 0; l < L; ++l)
+      ao[o + l] = (h0 + k[l] / 2) * width + (w0 + 2 * (o + l) + k[l] % 2);
+  }
+  if (o < count) pool_row_k<T, 2, 2>(xp, width, 2, h0, w0 + 2 * o, count - o, yo + o, ao + o);
+}
+
 template <typename T, int K>
 void pool_plane(const T* xp, const Pool2dShape& s, std::int64_t oh_n, std::int64_t ow_n, T* yp,
                 std::int64_t* ap) {
@@ -104,7 +154,9 @@ void pool_plane(const T* xp, const Pool2dShape& s, std::int64_t oh_n, std::int64
     for (std::int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
     constexpr int KK = K > 0 ? K : 1;
     const std::int64_t w0 = ow_lo * s.stride - s.pad;
-    if (s.stride == 2)
+    if (K == 2 && s.stride == 2)
+      pool_row_2x2s2<T>(xp, s.width, h0, w0, ow_hi - ow_lo, yo + ow_lo, ao + ow_lo);
+    else if (s.stride == 2)
       pool_row_k<T, KK, 2>(xp, s.width, 2, h0, w0, ow_hi - ow_lo, yo + ow_lo, ao + ow_lo);
     else
       pool_row_k<T, KK, 0>(xp, s.width, s.stride, h0, w0, ow_hi - ow_lo, yo + ow_lo,
