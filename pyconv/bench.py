@@ -339,6 +339,11 @@ def gemm_cases(dtype: str, full: bool) -> list[tuple[str, int, int, int, bool, b
             ("edge -1", 8 * mr - 1, 4 * nr - 1, kc - 1, False, False),
             ("edge MC+1 2KC+1", mc + 1, 512, 2 * kc + 1, False, False),
         ]
+    else:  # no blocking reported: odd sizes that straddle any power-of-two block
+        cases += [
+            ("odd 17x33x65", 17, 33, 65, False, False),
+            ("odd 127x129x255", 127, 129, 255, False, False),
+        ]
     for name in ("a", "b", "c", "d", "e") if full else ("a", "b", "e"):
         n_, c, h, w, f, k, s, p = CONV_SHAPES[name]
         ohw = ((h + 2 * p - k) // s + 1) * ((w + 2 * p - k) // s + 1)
