@@ -129,7 +129,8 @@ Conv2dShape conv_shape(const char* op, int64_t n, int64_t c, int64_t h, int64_t 
   // Scratch: one image's column matrix and a dW partial per thread, in bytes.
   checked_mul(op, "the per-thread column matrices (bytes)",
               {c, kh, kw, s.out_h(), s.out_w(), 8, kMaxThreads});
-  checked_mul(op, "the per-thread dW partial sums (bytes)", {f + 1, c, kh, kw, 8, kMaxThreads});
+  checked_mul(op, "the per-thread dW partial sums (bytes)",
+              {checked_add(op, "filters + 1", f, 1), c, kh, kw, 8, kMaxThreads});
   return s;
 }
 
@@ -152,14 +153,29 @@ Conv2dShape check_conv2d(const char* op, const py::array& x, const py::array& w,
 
 template <typename T>
 Arr<T> new_array(std::initializer_list<int64_t> shape) {
+  // NumPy's own rule: the size in bytes (zero dimensions aside) fits int64.
+  int64_t bytes = sizeof(T);
+  for (int64_t d : shape)
+    if (d != 0 && __builtin_mul_overflow(bytes, d, &bytes))
+      fail("the output array is too large (its size in bytes overflows int64)");
   std::vector<py::ssize_t> dims(shape.begin(), shape.end());
   return Arr<T>(dims);
+}
+
+// The kernels load elements (and vectors) through typed pointers: an array
+// that is C-contiguous but not aligned to its element type (a view at an odd
+// byte offset) is rejected; pyconv.functional copies such arrays first.
+void check_aligned(const char* op, const char* name, const py::array& a) {
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    fail(std::string(op) + ": expected " + name +
+         " to be aligned to its element size, but it is not (a view at an odd byte offset?)");
 }
 
 // ---- im2col / col2im ---------------------------------------------------------
 template <typename T>
 Arr<T> im2col_py(const Arr<T>& x, int64_t kh, int64_t kw, int64_t stride, int64_t pad) {
   const char* op = "im2col";
+  check_aligned(op, "input_data", x);
   check_ndim(op, "input_data", x, 4, "(N, C, H, W)");
   const Conv2dShape s =
       conv_shape(op, x.shape(0), x.shape(1), x.shape(2), x.shape(3), 1, kh, kw, stride, pad);
@@ -177,6 +193,7 @@ template <typename T>
 Arr<T> col2im_py(const Arr<T>& col, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh,
                  int64_t kw, int64_t stride, int64_t pad) {
   const char* op = "col2im";
+  check_aligned(op, "col", col);
   check_ndim(op, "col", col, 2, "(N*OH*OW, C*KH*KW)");
   const Conv2dShape s = conv_shape(op, n, c, h, w, 1, kh, kw, stride, pad);
   const int64_t rows = s.batch * s.out_h() * s.out_w(), cols = s.col_rows();
@@ -210,6 +227,9 @@ template <typename T>
 Arr<T> gemm_py(const Arr<T>& a, const Arr<T>& b, bool trans_a, bool trans_b, double alpha,
                double beta, std::optional<Arr<T>> out) {
   const char* op = "gemm";
+  check_aligned(op, "a", a);
+  check_aligned(op, "b", b);
+  if (out.has_value()) check_aligned(op, "out", *out);
   check_ndim(op, "a", a, 2, "matrix");
   check_ndim(op, "b", b, 2, "matrix");
   const int64_t m = trans_a ? a.shape(1) : a.shape(0), k = trans_a ? a.shape(0) : a.shape(1);
@@ -256,6 +276,9 @@ template <typename T>
 Arr<T> conv2d_forward_py(const Arr<T>& x, const Arr<T>& w, const Arr<T>& b, int64_t stride,
                          int64_t pad) {
   const char* op = "conv2d_forward";
+  check_aligned(op, "x", x);
+  check_aligned(op, "w", w);
+  check_aligned(op, "b", b);
   const Conv2dShape s = check_conv2d(op, x, w, stride, pad);
   if (b.ndim() != 1 || b.shape(0) != s.filters) {
     std::ostringstream os;
@@ -277,6 +300,9 @@ template <typename T>
 py::tuple conv2d_backward_py(const Arr<T>& x, const Arr<T>& w, const Arr<T>& dy, int64_t stride,
                              int64_t pad, bool need_dx) {
   const char* op = "conv2d_backward";
+  check_aligned(op, "x", x);
+  check_aligned(op, "w", w);
+  check_aligned(op, "dout", dy);
   const Conv2dShape s = check_conv2d(op, x, w, stride, pad);
   if (dy.ndim() != 4 || dy.shape(0) != s.batch || dy.shape(1) != s.filters ||
       dy.shape(2) != s.out_h() || dy.shape(3) != s.out_w()) {
@@ -308,6 +334,7 @@ template <typename T>
 py::tuple max_pool2d_forward_py(const Arr<T>& x, int64_t kh, int64_t kw, int64_t stride,
                                 int64_t pad) {
   const char* op = "max_pool2d_forward";
+  check_aligned(op, "x", x);
   check_ndim(op, "x", x, 4, "(N, C, H, W)");
   check_min(op, "pool_h", kh, 1);
   check_min(op, "pool_w", kw, 1);
@@ -339,6 +366,8 @@ template <typename T>
 Arr<T> max_pool2d_backward_py(const Arr<T>& dy, const Arr<int64_t>& argmax, int64_t h,
                               int64_t w) {
   const char* op = "max_pool2d_backward";
+  check_aligned(op, "dout", dy);
+  check_aligned(op, "argmax", argmax);
   check_ndim(op, "dout", dy, 4, "(N, C, OH, OW)");
   check_min(op, "H", h, 1);
   check_min(op, "W", w, 1);
@@ -379,6 +408,7 @@ std::vector<py::ssize_t> dims_of(const py::array& a) {
 
 template <typename T>
 py::tuple relu_forward_py(const Arr<T>& x) {
+  check_aligned("relu_forward", "x", x);
   Arr<T> y(dims_of(x));
   py::array_t<bool, py::array::c_style> mask(dims_of(x));
   const T* xp = x.data();
@@ -394,6 +424,7 @@ py::tuple relu_forward_py(const Arr<T>& x) {
 
 template <typename T>
 Arr<T> relu_backward_py(const Arr<T>& dout, const py::array_t<bool, py::array::c_style>& mask) {
+  check_aligned("relu_backward", "dout", dout);
   if (dout.ndim() != mask.ndim() ||
       !std::equal(dout.shape(), dout.shape() + dout.ndim(), mask.shape())) {
     fail("relu_backward: expected dout of the shape of the forward input " + shape_str(mask) +

@@ -122,9 +122,13 @@ bool select_isa(const std::string& name) {
   return false;
 }
 
-// Below this many flops a second thread costs more (region start-up, a
-// shared pack of B) than it saves; measured with benchmarks/bench_gemm.py.
-constexpr double kParallelFlops = 2.0e6;
+// Below this many flops a second thread costs more than it saves: waking a
+// sleeping thread (OMP_WAIT_POLICY=passive, which pyconv sets) costs 9-38 us
+// on the KVM guest we measure on, and each thread packs its own panels.
+// Measured 1 vs 2 threads (benchmarks/bench_gemm.py): float32 crosses over at
+// about 2-3e7 flops, float64 (half the rate) at about 1.5e7.
+template <typename T>
+constexpr double kParallelFlops = sizeof(T) == 4 ? 2.5e7 : 1.5e7;
 
 template <typename T>
 void gemm(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a, MatRef<T> b,
@@ -132,7 +136,7 @@ void gemm(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a, 
   const GemmImpl<T>& impl = gemm_impl<T>();  // once: see tables()
   if (in_parallel() ||
       2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) <
-          kParallelFlops)
+          kParallelFlops<T>)
     nthreads = 1;  // one level of parallelism per call
   const std::int64_t per_thread = impl.workspace(m, n, k);
   Workspace slab(static_cast<std::size_t>(per_thread * nthreads) * sizeof(T));

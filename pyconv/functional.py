@@ -48,10 +48,13 @@ def compute_dtype(dtype, name: str = "x") -> np.dtype:
 
 
 def as_compute_array(a, dtype, name: str) -> np.ndarray:
-    """``a`` as a C-contiguous array of ``dtype`` (no copy when it already is)."""
+    """``a`` as a C-contiguous, aligned array of ``dtype`` (no copy when it already is).
+
+    Keeps 0-d arrays 0-d (``np.ascontiguousarray`` would make them 1-d).
+    """
     arr = np.asarray(a)
     compute_dtype(arr.dtype, name)  # rejects complex/object/str with a TypeError
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return np.require(arr, dtype=dtype, requirements=["C", "A"])
 
 
 def _int_arg(value, name: str) -> int:
@@ -217,12 +220,12 @@ def _gemm_operand(a, dtype, name):
     compute_dtype(arr.dtype, name)
     if arr.ndim != 2:
         raise ValueError(f"gemm: expected {name} to be 2-D, but got shape {arr.shape}")
-    if arr.dtype == dtype:
+    if arr.dtype == dtype and arr.flags.aligned:
         if arr.flags.c_contiguous:
             return arr, False
         if arr.flags.f_contiguous:
             return arr.T, True
-    return np.ascontiguousarray(arr, dtype=dtype), False
+    return np.require(arr, dtype=dtype, requirements=["C", "A"]), False
 
 
 def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None) -> np.ndarray:

@@ -15,10 +15,15 @@ from .functions import _float_array, _softmax_cross_entropy, check_labels, sigmo
 __all__ = ["Affine", "Convolution", "Dropout", "Pooling", "Relu", "Sigmoid", "SoftmaxWithLoss"]
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _check_hyper(name: str, value, minimum: int) -> int:
     v = F._int_arg(value, name)
-    if v < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, but got {v}")
+    if not minimum <= v <= _INT64_MAX:
+        raise ValueError(
+            f"{name}: expected an integer >= {minimum} (and <= 2**63 - 1), but got {v}"
+        )
     return v
 
 
