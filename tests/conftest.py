@@ -35,3 +35,20 @@ def isa(request):
         yield request.param
     finally:
         _core.set_isa(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _run_outside_the_source_tree(tmp_path_factory):
+    """Work in a scratch directory, not the repository root.
+
+    Subprocesses (``python -c``, ``python -m pyconv``) put their working
+    directory first on sys.path; from the repository root they would import the
+    source folder ``pyconv/``, which has no compiled ``_core`` in a regular
+    (non-editable) install, instead of the installed package.
+    """
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        yield
+    finally:
+        os.chdir(previous)
