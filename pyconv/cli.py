@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data-dir", default=None, metavar="DIR",
                     help="directory holding the MNIST IDX files (default: $PYCONV_DATA, then "
                          "the cache directory)")
-    tr.add_argument("--epochs", type=_positive_int, default=10, help="default: 10")
+    tr.add_argument("--epochs", type=_positive_int, default=20, help="default: 20 (the book)")
     tr.add_argument("--batch-size", type=_positive_int, default=100, help="default: 100")
     tr.add_argument("--optimizer", type=str.lower, choices=_OPTIMIZERS, default="adam",
                     help="default: adam")
