@@ -713,6 +713,9 @@ def test_fuzz_max_pool2d_backward(case, api):
         if am.dtype != np.dtype(np.int64):
             ex.type("argmax dtype")
             am = None
+        elif not am.flags.aligned:
+            # requests.md item 14; test_max_pool2d_backward_misaligned_argmax
+            assume(False)
     else:
         arr = core_array(ex, "dout", dy)
         dtype = None if arr is None else arr.dtype
@@ -1396,3 +1399,16 @@ def test_convolution_layer_misaligned_parameters():
     np.testing.assert_allclose(y, ref.conv2d_forward(x, W, b, 1, 1), rtol=1e-6)
     dx = layer.backward(np.ones_like(y))
     assert dx.shape == x.shape and layer.dW.shape == W.shape and layer.db.shape == b.shape
+
+
+@pytest.mark.xfail(reason="functional.max_pool2d_backward passes a misaligned argmax to the core "
+                   "(requests.md item 14)", strict=False)
+def test_max_pool2d_backward_misaligned_argmax():
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    out, argmax = F.max_pool2d(x, 2, 2, stride=2)
+    buf = np.zeros(argmax.nbytes + 1, dtype=np.uint8)
+    am = buf[1:].view(np.int64).reshape(argmax.shape)
+    am[...] = argmax
+    assert not am.flags.aligned
+    dx = F.max_pool2d_backward(np.ones_like(out), am, x.shape)
+    np.testing.assert_array_equal(dx, F.max_pool2d_backward(np.ones_like(out), argmax, x.shape))
