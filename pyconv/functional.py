@@ -210,7 +210,7 @@ def max_pool2d_backward(dout, argmax, x_shape, dtype=None) -> np.ndarray:
             f"{shape} and dout.shape {da.shape}"
         )
     return _core.max_pool2d_backward(
-        as_compute_array(da, dtype, "dout"), np.ascontiguousarray(am), h, w
+        as_compute_array(da, dtype, "dout"), np.require(am, requirements=["C", "A"]), h, w
     )
 
 
