@@ -84,8 +84,8 @@ class Convolution:
     def forward(self, x):
         """x : (N, C, H, W) -> (N, FN, OH, OW) in W's dtype."""
         x = F.as_compute_array(x, self.W.dtype, "x")
-        W = self.W if self.W.flags.c_contiguous else np.ascontiguousarray(self.W)
-        b = self.b if self.b.flags.c_contiguous else np.ascontiguousarray(self.b)
+        W = np.require(self.W, requirements=["C", "A"])  # the same array unless it must copy
+        b = np.require(self.b, requirements=["C", "A"])
         out = F._core.conv2d_forward(x, W, b, self.stride, self.pad)
         self.x = x
         self._out_shape = out.shape
@@ -101,7 +101,7 @@ class Convolution:
             raise ValueError("Convolution.backward: called before forward")
         _check_dout("Convolution", dout, self._out_shape)
         dout = F.as_compute_array(dout, self.W.dtype, "dout")
-        W = self.W if self.W.flags.c_contiguous else np.ascontiguousarray(self.W)
+        W = np.require(self.W, requirements=["C", "A"])  # the same array unless it must copy
         dx, self.dW, self.db = F._core.conv2d_backward(
             self.x, W, dout, self.stride, self.pad, bool(need_dx)
         )
