@@ -64,6 +64,7 @@ REFERENCE_PEAK_GFLOPS = {"float32": 448.0, "float64": 221.0}
 TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 
 _BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+_BLAS_TIMEOUT = "OPENBLAS_THREAD_TIMEOUT"
 
 # ---------------------------------------------------------------------------
 # environment
@@ -1126,10 +1127,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _rerun_without_blas_env(
-    argv: list[str], defaults: dict | None, measured_peak: dict | None
+    argv: list[str], defaults: dict | None, measured_peak: dict | None, native_blas: bool
 ) -> int:
-    env = {k: v for k, v in os.environ.items() if k not in _BLAS_ENV}
-    print(f"pyconv bench: re-running with {', '.join(_BLAS_ENV)} unset", flush=True)
+    env = dict(os.environ)
+    if native_blas:
+        env = {k: v for k, v in env.items() if k not in _BLAS_ENV}
+        print(f"pyconv bench: re-running with {', '.join(_BLAS_ENV)} unset", flush=True)
+    # OpenBLAS's idle workers busy-wait about 2**28 cycles (~0.1 s) after every
+    # call; interleaved with pyconv and torch on a 2-core machine they take the
+    # second core from whoever runs next (measured: pyconv's 2-thread conv ran
+    # at its 1-thread speed). 2**4 cycles makes them sleep, as pyconv's and
+    # torch's OpenMP threads do under OMP_WAIT_POLICY=passive.
+    env.setdefault(_BLAS_TIMEOUT, "4")
+    print(f"pyconv bench: {_BLAS_TIMEOUT}={env[_BLAS_TIMEOUT]}", flush=True)
     code = (
         "import json, sys; from pyconv.bench import main; "
         f"sys.exit(main(sys.argv[1:], defaults=json.loads({json.dumps(defaults)!r}), "
@@ -1240,8 +1250,9 @@ def main(
     if defaults:
         parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
-    if args.native_blas and any(k in os.environ for k in _BLAS_ENV):
-        return _rerun_without_blas_env(argv, defaults, measured_peak)
+    native = args.native_blas and any(k in os.environ for k in _BLAS_ENV)
+    if native or _BLAS_TIMEOUT not in os.environ:
+        return _rerun_without_blas_env(argv, defaults, measured_peak, native)
     if args.self_test:
         torch = None if args.no_torch else _import_torch()
         failures = self_test(torch, np.random.default_rng(args.seed))
