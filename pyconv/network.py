@@ -8,7 +8,6 @@ updates ``params`` in place updates the layers. Images are NCHW.
 
 from __future__ import annotations
 
-import inspect
 import io
 import os
 import tempfile
@@ -169,10 +168,6 @@ class SimpleConvNet:
         }
         self.last_layer = SoftmaxWithLoss()
         self.last_loss = None
-        # The input gradient of the first layer is never used; skip computing it when
-        # the layer supports ``backward(dout, need_dx=False)``.
-        backward_params = inspect.signature(self.layers["Conv1"].backward).parameters
-        self._conv1_skips_dx = "need_dx" in backward_params
 
     # ------------------------------------------------------------------ inference
 
@@ -242,10 +237,7 @@ class SimpleConvNet:
         layers = list(self.layers.values())
         for layer in reversed(layers[1:]):
             dout = layer.backward(dout)
-        if self._conv1_skips_dx:
-            layers[0].backward(dout, need_dx=False)
-        else:
-            layers[0].backward(dout)
+        layers[0].backward(dout, need_dx=False)  # the input gradient is never used
         conv, a1, a2 = self.layers["Conv1"], self.layers["Affine1"], self.layers["Affine2"]
         return {"W1": conv.dW, "b1": conv.db, "W2": a1.dW, "b2": a1.db, "W3": a2.dW, "b3": a2.db}
 

@@ -288,7 +288,7 @@ def test_load_rejects_wrong_keys_shapes_dtypes_and_corrupt_files(tmp_path):
         net.load_params(tmp_path / "nope.npz")
 
 
-def test_first_layer_input_gradient_is_skipped_when_supported(monkeypatch):
+def test_first_layer_input_gradient_is_skipped(monkeypatch):
     import pyconv.network as network_module
 
     flags = []
