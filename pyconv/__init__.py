@@ -13,9 +13,15 @@ import os as _os
 # when it loads, i.e. on the import of _core just below; a user's own setting wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import _core  # noqa: E402
-from . import functional, layers  # noqa: E402
-from . import datasets, functions, optimizers, plot  # noqa: E402  (plot: matplotlib on use)
+from . import (  # noqa: E402  # noqa: E402  (plot: matplotlib on use)
+    _core,  # noqa: E402
+    datasets,
+    functional,
+    functions,
+    layers,
+    optimizers,
+    plot,
+)
 from .datasets import find_mnist, load_mnist  # noqa: E402
 from .functional import col2im, im2col  # noqa: E402
 from .layers import (  # noqa: E402

@@ -39,8 +39,7 @@ def compute_dtype(dtype, name: str = "x") -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype.kind not in "biuf":
         raise TypeError(
-            f"{name}: expected a real-valued (bool, integer or float) array, "
-            f"but got dtype {dtype}"
+            f"{name}: expected a real-valued (bool, integer or float) array, but got dtype {dtype}"
         )
     if dtype in _FLOATS:
         return dtype
@@ -90,8 +89,11 @@ def im2col(input_data, filter_h, filter_w, stride=1, pad=0) -> np.ndarray:
     x = np.asarray(input_data)
     x = as_compute_array(x, compute_dtype(x.dtype, "input_data"), "input_data")
     return _core.im2col(
-        x, _int_arg(filter_h, "filter_h"), _int_arg(filter_w, "filter_w"),
-        _int_arg(stride, "stride"), _int_arg(pad, "pad"),
+        x,
+        _int_arg(filter_h, "filter_h"),
+        _int_arg(filter_w, "filter_w"),
+        _int_arg(stride, "stride"),
+        _int_arg(pad, "pad"),
     )
 
 
@@ -114,8 +116,15 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0) -> np.ndarray:
         raise ValueError(f"col2im: expected input_shape of length 4 (N, C, H, W), but got {shape}")
     n, ch, h, w = (_int_arg(s, "input_shape") for s in shape)
     return _core.col2im(
-        c, n, ch, h, w, _int_arg(filter_h, "filter_h"), _int_arg(filter_w, "filter_w"),
-        _int_arg(stride, "stride"), _int_arg(pad, "pad"),
+        c,
+        n,
+        ch,
+        h,
+        w,
+        _int_arg(filter_h, "filter_h"),
+        _int_arg(filter_w, "filter_w"),
+        _int_arg(stride, "stride"),
+        _int_arg(pad, "pad"),
     )
 
 
@@ -134,8 +143,11 @@ def conv2d(x, W, b, stride=1, pad=0) -> np.ndarray:
     """
     dtype = _param_dtype(W)
     return _core.conv2d_forward(
-        as_compute_array(x, dtype, "x"), as_compute_array(W, dtype, "W"),
-        as_compute_array(b, dtype, "b"), _int_arg(stride, "stride"), _int_arg(pad, "pad"),
+        as_compute_array(x, dtype, "x"),
+        as_compute_array(W, dtype, "W"),
+        as_compute_array(b, dtype, "b"),
+        _int_arg(stride, "stride"),
+        _int_arg(pad, "pad"),
     )
 
 
@@ -156,9 +168,12 @@ def conv2d_backward(dout, x, W, stride=1, pad=0, need_dx=True):
     """
     dtype = _param_dtype(W)
     return _core.conv2d_backward(
-        as_compute_array(x, dtype, "x"), as_compute_array(W, dtype, "W"),
-        as_compute_array(dout, dtype, "dout"), _int_arg(stride, "stride"),
-        _int_arg(pad, "pad"), bool(need_dx),
+        as_compute_array(x, dtype, "x"),
+        as_compute_array(W, dtype, "W"),
+        as_compute_array(dout, dtype, "dout"),
+        _int_arg(stride, "stride"),
+        _int_arg(pad, "pad"),
+        bool(need_dx),
     )
 
 
@@ -175,8 +190,11 @@ def max_pool2d(x, pool_h, pool_w, stride=1, pad=0, dtype=None):
     xa = np.asarray(x)
     dtype = compute_dtype(xa.dtype if dtype is None else dtype, "x")
     return _core.max_pool2d_forward(
-        as_compute_array(xa, dtype, "x"), _int_arg(pool_h, "pool_h"),
-        _int_arg(pool_w, "pool_w"), _int_arg(stride, "stride"), _int_arg(pad, "pad"),
+        as_compute_array(xa, dtype, "x"),
+        _int_arg(pool_h, "pool_h"),
+        _int_arg(pool_w, "pool_w"),
+        _int_arg(stride, "stride"),
+        _int_arg(pad, "pad"),
     )
 
 
@@ -245,7 +263,9 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None) -
     tb ^= bool(trans_b)
     if out is not None:
         if not isinstance(out, np.ndarray):
-            raise TypeError(f"gemm: expected out to be a numpy.ndarray, but got {type(out).__name__}")
+            raise TypeError(
+                f"gemm: expected out to be a numpy.ndarray, but got {type(out).__name__}"
+            )
         if out.dtype != dtype or not out.flags.c_contiguous or not out.flags.writeable:
             raise TypeError(
                 f"gemm: expected out to be a writeable C-contiguous {dtype} array, but got "
@@ -256,7 +276,9 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None) -
         try:
             v = float(value)
         except (TypeError, ValueError, OverflowError):
-            raise TypeError(f"gemm: expected {name} to be a real number, but got {value!r}") from None
+            raise TypeError(
+                f"gemm: expected {name} to be a real number, but got {value!r}"
+            ) from None
         if not np.isfinite(v):
             raise ValueError(f"gemm: expected a finite {name}, but got {v}")
         scalars.append(v)

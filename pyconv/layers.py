@@ -55,23 +55,30 @@ class Convolution:
         for name, arr in (("W", W), ("b", b)):
             if not isinstance(arr, np.ndarray):
                 raise TypeError(
-                    f"Convolution: expected {name} to be a numpy.ndarray, but got {type(arr).__name__}"
+                    f"Convolution: expected {name} to be a numpy.ndarray, "
+                    f"but got {type(arr).__name__}"
                 )
             if arr.dtype not in (np.float32, np.float64):
                 raise TypeError(
                     f"Convolution: expected {name} of dtype float32 or float64, but got {arr.dtype}"
                 )
         if W.ndim != 4:
-            raise ValueError(f"Convolution: expected W to be 4-D (FN, C, FH, FW), but got shape {W.shape}")
+            raise ValueError(
+                f"Convolution: expected W to be 4-D (FN, C, FH, FW), but got shape {W.shape}"
+            )
         if b.dtype != W.dtype:
-            raise TypeError(f"Convolution: expected b of dtype {W.dtype} (W's dtype), but got {b.dtype}")
+            raise TypeError(
+                f"Convolution: expected b of dtype {W.dtype} (W's dtype), but got {b.dtype}"
+            )
         if b.shape != (W.shape[0],):
             raise ValueError(
                 f"Convolution: expected b of shape ({W.shape[0]},) to match W.shape[0] "
                 f"(W.shape {W.shape}), but got {b.shape}"
             )
         if min(W.shape) < 1:
-            raise ValueError(f"Convolution: expected every dimension of W to be >= 1, but got {W.shape}")
+            raise ValueError(
+                f"Convolution: expected every dimension of W to be >= 1, but got {W.shape}"
+            )
         self.W = W
         self.b = b
         self.stride = _check_hyper("stride", stride, 1)
@@ -109,8 +116,10 @@ class Convolution:
 
     def __repr__(self):
         fn, c, fh, fw = self.W.shape
-        return (f"Convolution({c}->{fn}, kernel=({fh}, {fw}), stride={self.stride}, "
-                f"pad={self.pad}, dtype={self.W.dtype})")
+        return (
+            f"Convolution({c}->{fn}, kernel=({fh}, {fw}), stride={self.stride}, "
+            f"pad={self.pad}, dtype={self.W.dtype})"
+        )
 
 
 class Pooling:
@@ -163,8 +172,7 @@ class Pooling:
         return F._core.max_pool2d_backward(dout, self.argmax, self.x_shape[2], self.x_shape[3])
 
     def __repr__(self):
-        return (f"Pooling(pool=({self.pool_h}, {self.pool_w}), stride={self.stride}, "
-                f"pad={self.pad})")
+        return f"Pooling(pool=({self.pool_h}, {self.pool_w}), stride={self.stride}, pad={self.pad})"
 
 
 def _check_param(layer: str, name: str, arr) -> None:
