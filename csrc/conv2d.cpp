@@ -111,8 +111,9 @@ void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* dy_
                     T* dwt, T* db, T* dx_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
   const T* src = x_n;
-  if (!p.direct) {
-    im2col_image(x_n, s, col);
+  if (!p.direct) {  // the whole column matrix, by the GEMM's own im2col packer
+    const Im2colPanels<T> panels{x_n, s};
+    g.pack_im2col(&panels, 0, ckk, 0, cols, cols, col);
     src = col;
   }
   g.run(ckk, f, cols, T(1), MatRef<T>{src, ckk, cols, cols, 1},

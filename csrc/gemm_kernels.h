@@ -342,13 +342,7 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
   constexpr int kCache = 16;
   int64_t lo_of[kCache], hi_of[kCache];
   auto range = [&](int64_t kw, int64_t* lo, int64_t* hi) {
-    const int64_t off = kw - s.pad;
-    int64_t l = off >= 0 ? 0 : (-off + s.stride - 1) / s.stride;
-    int64_t h = s.width - off <= 0 ? 0 : (s.width - off - 1) / s.stride + 1;
-    l = min64(l, ow_n);
-    h = min64(h, ow_n);
-    *lo = l;
-    *hi = h < l ? l : h;
+    tap_range(kw, s.pad, s.stride, s.width, ow_n, lo, hi);
   };
   const bool cached = s.kernel_w <= kCache;
   if (cached)

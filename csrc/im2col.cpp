@@ -8,52 +8,6 @@
 
 namespace pyconv {
 
-namespace {
-// Output columns [lo, hi) of a kernel tap at offset `k` read input inside
-// [0, size): ow*stride - pad + k in [0, size).
-inline void valid_range(std::int64_t k, std::int64_t pad, std::int64_t stride,
-                        std::int64_t size, std::int64_t out, std::int64_t* lo,
-                        std::int64_t* hi) {
-  const std::int64_t off = k - pad;  // input index = o*stride + off
-  std::int64_t l = off >= 0 ? 0 : (-off + stride - 1) / stride;
-  std::int64_t h = size - off <= 0 ? 0 : (size - off - 1) / stride + 1;
-  l = std::min(l, out);
-  h = std::max(std::min(h, out), l);
-  *lo = l;
-  *hi = h;
-}
-}  // namespace
-
-template <typename T>
-void im2col_image(const T* x, const Conv2dShape& s, T* col) {
-  const std::int64_t oh_n = s.out_h(), ow_n = s.out_w();
-  for (std::int64_t c = 0; c < s.channels; ++c) {
-    const T* plane = x + c * s.height * s.width;
-    for (std::int64_t kh = 0; kh < s.kernel_h; ++kh) {
-      for (std::int64_t kw = 0; kw < s.kernel_w; ++kw) {
-        std::int64_t w_lo, w_hi;
-        valid_range(kw, s.pad, s.stride, s.width, ow_n, &w_lo, &w_hi);
-        const std::int64_t iw0 = w_lo * s.stride - s.pad + kw;
-        for (std::int64_t oh = 0; oh < oh_n; ++oh, col += ow_n) {
-          const std::int64_t ih = oh * s.stride - s.pad + kh;
-          if (ih < 0 || ih >= s.height) {
-            std::fill(col, col + ow_n, T(0));
-            continue;
-          }
-          const T* row = plane + ih * s.width + iw0;
-          std::fill(col, col + w_lo, T(0));
-          if (s.stride == 1) {
-            std::memcpy(col + w_lo, row, static_cast<std::size_t>(w_hi - w_lo) * sizeof(T));
-          } else {
-            for (std::int64_t ow = w_lo; ow < w_hi; ++ow) col[ow] = row[(ow - w_lo) * s.stride];
-          }
-          std::fill(col + w_hi, col + ow_n, T(0));
-        }
-      }
-    }
-  }
-}
-
 template <typename T>
 void col2im_image(const T* col, const Conv2dShape& s, T* x) {
   const std::int64_t oh_n = s.out_h(), ow_n = s.out_w();
@@ -63,7 +17,7 @@ void col2im_image(const T* col, const Conv2dShape& s, T* x) {
     for (std::int64_t kh = 0; kh < s.kernel_h; ++kh) {
       for (std::int64_t kw = 0; kw < s.kernel_w; ++kw) {
         std::int64_t w_lo, w_hi;
-        valid_range(kw, s.pad, s.stride, s.width, ow_n, &w_lo, &w_hi);
+        tap_range(kw, s.pad, s.stride, s.width, ow_n, &w_lo, &w_hi);
         const std::int64_t iw0 = w_lo * s.stride - s.pad + kw;
         for (std::int64_t oh = 0; oh < oh_n; ++oh, col += ow_n) {
           const std::int64_t ih = oh * s.stride - s.pad + kh;
@@ -133,8 +87,6 @@ void col2im_rows(const T* col, const Conv2dShape& s, T* x) {
   }
 }
 
-template void im2col_image<float>(const float*, const Conv2dShape&, float*);
-template void im2col_image<double>(const double*, const Conv2dShape&, double*);
 template void col2im_image<float>(const float*, const Conv2dShape&, float*);
 template void col2im_image<double>(const double*, const Conv2dShape&, double*);
 template void im2col_rows<float>(const float*, const Conv2dShape&, float*);

@@ -10,17 +10,32 @@
 
 namespace pyconv {
 
-// col (C*KH*KW x OH*OW) <- patches of one image x (C x H x W). Overwrites col.
-template <typename T>
-void im2col_image(const T* x, const Conv2dShape& s, T* col);
+// Output columns [*lo, *hi) whose kernel tap at offset k reads inside
+// [0, size): o*stride - pad + k in [0, size), o in [0, out). Static (internal
+// linkage, no std:: templates) because the per-ISA GEMM translation units use
+// it too, and a shared out-of-line copy compiled with AVX-512 could be picked
+// by the linker for every caller.
+static inline void tap_range(std::int64_t k, std::int64_t pad, std::int64_t stride,
+                             std::int64_t size, std::int64_t out, std::int64_t* lo,
+                             std::int64_t* hi) {
+  const std::int64_t off = k - pad;  // input index = o*stride + off
+  std::int64_t l = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  std::int64_t h = size - off <= 0 ? 0 : (size - off - 1) / stride + 1;
+  l = l < out ? l : out;
+  h = h < out ? h : out;
+  *lo = l;
+  *hi = h < l ? l : h;
+}
 
-// x (C x H x W) <- adjoint of im2col_image: zeroes x, then accumulates every
+// x (C x H x W) <- adjoint of the column matrix of one image (C*KH*KW x OH*OW,
+// as GemmImpl::pack_im2col writes it): zeroes x, then accumulates every
 // column entry into the pixel it came from (padding entries are dropped).
 template <typename T>
 void col2im_image(const T* col, const Conv2dShape& s, T* x);
 
-// One image whose im2col_image matrix GEMM packs straight into its B panels
-// (GemmImpl::pack_im2col, compiled per ISA in gemm_kernels.h).
+// One image whose column matrix GemmImpl::pack_im2col (compiled per ISA in
+// gemm_kernels.h) writes: straight into GEMM B panels in the forward, or as
+// the whole matrix (nr = OH*OW) for the backward.
 template <typename T>
 struct Im2colPanels {
   const T* x;  // one image, C x H x W
