@@ -67,12 +67,6 @@ def _int_arg(value, name: str) -> int:
         ) from None
 
 
-def _param_dtype(W, name: str = "W") -> np.dtype:
-    W = np.asarray(W)
-    dtype = compute_dtype(W.dtype, name)
-    return dtype
-
-
 def im2col(input_data, filter_h, filter_w, stride=1, pad=0) -> np.ndarray:
     """Unfold image patches into rows (the book's layout).
 
@@ -141,7 +135,7 @@ def conv2d(x, W, b, stride=1, pad=0) -> np.ndarray:
     -------
     y : (N, FN, OH, OW) in W's dtype.
     """
-    dtype = _param_dtype(W)
+    dtype = compute_dtype(np.asarray(W).dtype, "W")
     return _core.conv2d_forward(
         as_compute_array(x, dtype, "x"),
         as_compute_array(W, dtype, "W"),
@@ -166,7 +160,7 @@ def conv2d_backward(dout, x, W, stride=1, pad=0, need_dx=True):
     dW : (FN, C, FH, FW)
     db : (FN,)
     """
-    dtype = _param_dtype(W)
+    dtype = compute_dtype(np.asarray(W).dtype, "W")
     return _core.conv2d_backward(
         as_compute_array(x, dtype, "x"),
         as_compute_array(W, dtype, "W"),
