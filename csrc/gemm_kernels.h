@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include "gemm.h"
@@ -206,56 +207,56 @@ inline void interleave6x16(const float* a, int64_t rs, float* dst) {
 // `rows` read as zeros (so a last partial block pads itself). Stage b swaps
 // bit b of the row index with bit b of the column index in every pair of rows
 // (r, r | b): 4 (3) stages of 16 (8) shuffles instead of 256 (64) scalar moves.
-inline void transpose_block(const float* src, int64_t lds, int64_t rows, float* dst,
-                            int64_t ldd) {
-  typedef float V __attribute__((vector_size(64), aligned(4)));
-  typedef int M __attribute__((vector_size(64)));
-  V r[16];
-  for (int j = 0; j < 16; ++j) r[j] = j < rows ? *reinterpret_cast<const V*>(src + j * lds) : V{};
-  const M a1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
-  const M b1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
-  const M a2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
-  const M b2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
-  const M a4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
-  const M b4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
-  const M a8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-  const M b8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-  auto stage = [&](int bit, const M& ma, const M& mb) {
-    for (int j = 0; j < 16; ++j) {
-      if (j & bit) continue;
-      const V x = r[j], y = r[j | bit];
-      r[j] = __builtin_shuffle(x, y, ma);
-      r[j | bit] = __builtin_shuffle(x, y, mb);
-    }
-  };
-  stage(1, a1, b1);
-  stage(2, a2, b2);
-  stage(4, a4, b4);
-  stage(8, a8, b8);
-  for (int p = 0; p < 16; ++p) *reinterpret_cast<V*>(dst + p * ldd) = r[p];
+template <typename T>
+struct TransposeVec {  // one 64-byte vector of T and its shuffle-index type
+  static constexpr int L = 64 / static_cast<int>(sizeof(T));
+  typedef T V __attribute__((vector_size(64), aligned(sizeof(T))));
+  typedef std::conditional_t<sizeof(T) == 4, int, long long> I;
+  typedef I M __attribute__((vector_size(64)));
+};
+
+// Stage `bit` masks over concat(x, y): lanes with that bit clear keep x[C] in
+// the low row and take x[C | bit] in the high row; lanes with it set take
+// y[C ^ bit] / y[C]. Constant vectors, so each shuffle is one vpermt2ps/pd.
+template <typename T, int Bit, std::size_t... C>
+inline typename TransposeVec<T>::M low_mask(std::index_sequence<C...>) {
+  constexpr int L = TransposeVec<T>::L;
+  const typename TransposeVec<T>::M m = {
+      static_cast<typename TransposeVec<T>::I>((C & Bit) ? L + (C ^ Bit) : C)...};
+  return m;
+}
+template <typename T, int Bit, std::size_t... C>
+inline typename TransposeVec<T>::M high_mask(std::index_sequence<C...>) {
+  constexpr int L = TransposeVec<T>::L;
+  const typename TransposeVec<T>::M m = {
+      static_cast<typename TransposeVec<T>::I>((C & Bit) ? L + C : (C | Bit))...};
+  return m;
 }
 
-inline void transpose_block(const double* src, int64_t lds, int64_t rows, double* dst,
-                            int64_t ldd) {
-  typedef double V __attribute__((vector_size(64), aligned(8)));
-  typedef long long M __attribute__((vector_size(64)));
-  V r[8];
-  for (int j = 0; j < 8; ++j) r[j] = j < rows ? *reinterpret_cast<const V*>(src + j * lds) : V{};
-  const M a1 = {0, 8, 2, 10, 4, 12, 6, 14}, b1 = {1, 9, 3, 11, 5, 13, 7, 15};
-  const M a2 = {0, 1, 8, 9, 4, 5, 12, 13}, b2 = {2, 3, 10, 11, 6, 7, 14, 15};
-  const M a4 = {0, 1, 2, 3, 8, 9, 10, 11}, b4 = {4, 5, 6, 7, 12, 13, 14, 15};
-  auto stage = [&](int bit, const M& ma, const M& mb) {
-    for (int j = 0; j < 8; ++j) {
-      if (j & bit) continue;
-      const V x = r[j], y = r[j | bit];
-      r[j] = __builtin_shuffle(x, y, ma);
-      r[j | bit] = __builtin_shuffle(x, y, mb);
-    }
-  };
-  stage(1, a1, b1);
-  stage(2, a2, b2);
-  stage(4, a4, b4);
-  for (int p = 0; p < 8; ++p) *reinterpret_cast<V*>(dst + p * ldd) = r[p];
+template <typename T, int Bit>
+inline void transpose_stage(typename TransposeVec<T>::V* r) {
+  constexpr int L = TransposeVec<T>::L;
+  constexpr auto lanes = std::make_index_sequence<L>{};
+  const typename TransposeVec<T>::M ma = low_mask<T, Bit>(lanes), mb = high_mask<T, Bit>(lanes);
+  for (int j = 0; j < L; ++j) {
+    if (j & Bit) continue;
+    const typename TransposeVec<T>::V x = r[j], y = r[j | Bit];
+    r[j] = __builtin_shuffle(x, y, ma);
+    r[j | Bit] = __builtin_shuffle(x, y, mb);
+  }
+}
+
+template <typename T>
+inline void transpose_block(const T* src, int64_t lds, int64_t rows, T* dst, int64_t ldd) {
+  using V = typename TransposeVec<T>::V;
+  constexpr int L = TransposeVec<T>::L;
+  V r[L];
+  for (int j = 0; j < L; ++j) r[j] = j < rows ? *reinterpret_cast<const V*>(src + j * lds) : V{};
+  transpose_stage<T, 1>(r);
+  transpose_stage<T, 2>(r);
+  transpose_stage<T, 4>(r);
+  if constexpr (L == 16) transpose_stage<T, 8>(r);
+  for (int p = 0; p < L; ++p) *reinterpret_cast<V*>(dst + p * ldd) = r[p];
 }
 #endif
 
