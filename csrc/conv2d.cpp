@@ -146,15 +146,17 @@ void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T*
       forward_image(g, x + n * x_img, w, b, s, p, scratch.gemm(0), y + n * y_img);
     return;
   }
+  TeamJoin join;
 #pragma omp parallel num_threads(p.team)
   {
     int t = 0;
 #ifdef _OPENMP
     t = omp_get_thread_num();
 #endif
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
     for (std::int64_t n = 0; n < s.batch; ++n)
       forward_image(g, x + n * x_img, w, b, s, p, scratch.gemm(t), y + n * y_img);
+    join.arrive();
   }
 }
 
@@ -203,6 +205,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
     for (std::int64_t i = 0; i < f * ckk + f; ++i) reduce(i);
     return;
   }
+  TeamJoin join;
 #pragma omp parallel num_threads(p.team)
   {
     int t = 0;
@@ -211,8 +214,9 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
 #endif
     partial_sums(t);
 #pragma omp barrier
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (std::int64_t i = 0; i < f * ckk + f; ++i) reduce(i);
+    join.arrive();
   }
 }
 

@@ -18,6 +18,7 @@
 
 #include "gemm.h"
 #include "im2col.h"
+#include "runtime.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -481,6 +482,7 @@ void run_cfg(const Problem<T>& P, T* work, int nthreads) {
 #ifdef _OPENMP
   if (nt > 1) {
     const int64_t stride = cfg_workspace_elems<C>(m, n, k);
+    TeamJoin join;
 #pragma omp parallel num_threads(nt)
     {
       const int64_t t = omp_get_thread_num(), team = omp_get_num_threads();
@@ -491,6 +493,7 @@ void run_cfg(const Problem<T>& P, T* work, int nthreads) {
         gemm_slice<C>(P, u0 * MR, min64(u1 * MR, m) - u0 * MR, 0, n, w);
       else
         gemm_slice<C>(P, 0, m, u0 * NR, min64(u1 * NR, n) - u0 * NR, w);
+      join.arrive();
     }
     return;
   }

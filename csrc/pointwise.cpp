@@ -16,12 +16,17 @@ constexpr std::int64_t kParallelElems = std::int64_t(1) << 16;
 
 template <typename T>
 void relu_forward(const T* x, std::int64_t n, T* y, bool* mask) {
-#pragma omp parallel for simd schedule(static) num_threads(num_threads()) if (n >= kParallelElems)
-  for (std::int64_t i = 0; i < n; ++i) {
-    const T v = x[i];
-    const bool pos = v > T(0);
-    mask[i] = pos;
-    y[i] = (pos || v != v) ? v : T(0);
+  TeamJoin join;
+#pragma omp parallel num_threads(num_threads()) if (n >= kParallelElems)
+  {
+#pragma omp for simd schedule(static) nowait
+    for (std::int64_t i = 0; i < n; ++i) {
+      const T v = x[i];
+      const bool pos = v > T(0);
+      mask[i] = pos;
+      y[i] = (pos || v != v) ? v : T(0);
+    }
+    join.arrive();
   }
 }
 
@@ -30,12 +35,17 @@ void relu_backward(const T* dout, const bool* mask, std::int64_t n, T* dx) {
   // A bitwise select (bits & -mask), not ?: : the compiler vectorizes it, and
   // a random mask costs no branch mispredictions.
   using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-#pragma omp parallel for simd schedule(static) num_threads(num_threads()) if (n >= kParallelElems)
-  for (std::int64_t i = 0; i < n; ++i) {
-    Bits b;
-    std::memcpy(&b, dout + i, sizeof(T));
-    b &= Bits(0) - static_cast<Bits>(mask[i]);
-    std::memcpy(dx + i, &b, sizeof(T));
+  TeamJoin join;
+#pragma omp parallel num_threads(num_threads()) if (n >= kParallelElems)
+  {
+#pragma omp for simd schedule(static) nowait
+    for (std::int64_t i = 0; i < n; ++i) {
+      Bits b;
+      std::memcpy(&b, dout + i, sizeof(T));
+      b &= Bits(0) - static_cast<Bits>(mask[i]);
+      std::memcpy(dx + i, &b, sizeof(T));
+    }
+    join.arrive();
   }
 }
 

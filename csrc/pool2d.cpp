@@ -177,36 +177,46 @@ void max_pool2d_forward(const T* x, const Pool2dShape& s, T* y, std::int64_t* ar
   const int k = s.kernel_h == s.kernel_w && (s.kernel_h == 2 || s.kernel_h == 3)
                     ? static_cast<int>(s.kernel_h)
                     : 0;
-#pragma omp parallel for schedule(static) num_threads(num_threads()) if (planes > 1)
-  for (std::int64_t pl = 0; pl < planes; ++pl) {
-    const T* xp = x + pl * in_plane;
-    T* yp = y + pl * out_plane;
-    std::int64_t* ap = argmax + pl * out_plane;
-    if (k == 2)
-      pool_plane<T, 2>(xp, s, oh_n, ow_n, yp, ap);
-    else if (k == 3)
-      pool_plane<T, 3>(xp, s, oh_n, ow_n, yp, ap);
-    else
-      pool_plane<T, 0>(xp, s, oh_n, ow_n, yp, ap);
+  TeamJoin join;
+#pragma omp parallel num_threads(num_threads()) if (planes > 1)
+  {
+#pragma omp for schedule(static) nowait
+    for (std::int64_t pl = 0; pl < planes; ++pl) {
+      const T* xp = x + pl * in_plane;
+      T* yp = y + pl * out_plane;
+      std::int64_t* ap = argmax + pl * out_plane;
+      if (k == 2)
+        pool_plane<T, 2>(xp, s, oh_n, ow_n, yp, ap);
+      else if (k == 3)
+        pool_plane<T, 3>(xp, s, oh_n, ow_n, yp, ap);
+      else
+        pool_plane<T, 0>(xp, s, oh_n, ow_n, yp, ap);
+    }
+    join.arrive();
   }
 }
 
 template <typename T>
 void max_pool2d_backward(const T* dy, const std::int64_t* argmax, std::int64_t planes,
                          std::int64_t in_plane, std::int64_t out_plane, T* dx) {
-#pragma omp parallel for schedule(static) num_threads(num_threads()) if (planes > 1)
-  for (std::int64_t pl = 0; pl < planes; ++pl) {
-    T* dxp = dx + pl * in_plane;
-    std::fill(dxp, dxp + in_plane, T(0));
-    const T* dyp = dy + pl * out_plane;
-    const std::int64_t* ap = argmax + pl * out_plane;
-    // The binding validated argmax, but it is caller memory that another
-    // thread could rewrite while the GIL is released: read each index once
-    // and never write outside the plane.
-    for (std::int64_t i = 0; i < out_plane; ++i) {
-      const std::uint64_t a = static_cast<std::uint64_t>(ap[i]);
-      if (a < static_cast<std::uint64_t>(in_plane)) dxp[a] += dyp[i];
+  TeamJoin join;
+#pragma omp parallel num_threads(num_threads()) if (planes > 1)
+  {
+#pragma omp for schedule(static) nowait
+    for (std::int64_t pl = 0; pl < planes; ++pl) {
+      T* dxp = dx + pl * in_plane;
+      std::fill(dxp, dxp + in_plane, T(0));
+      const T* dyp = dy + pl * out_plane;
+      const std::int64_t* ap = argmax + pl * out_plane;
+      // The binding validated argmax, but it is caller memory that another
+      // thread could rewrite while the GIL is released: read each index once
+      // and never write outside the plane.
+      for (std::int64_t i = 0; i < out_plane; ++i) {
+        const std::uint64_t a = static_cast<std::uint64_t>(ap[i]);
+        if (a < static_cast<std::uint64_t>(in_plane)) dxp[a] += dyp[i];
+      }
     }
+    join.arrive();
   }
 }
 

@@ -2,8 +2,10 @@
 #include "runtime.h"
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <new>
+#include <thread>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -32,6 +34,34 @@ bool in_parallel() {
 #else
   return false;
 #endif
+}
+
+namespace {
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+}  // namespace
+
+void TeamJoin::arrive() {
+  int thread = 0, team = 1;
+#ifdef _OPENMP
+  thread = omp_get_thread_num();
+  team = omp_get_num_threads();
+#endif
+  if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == team || thread != 0) return;
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
+  for (unsigned i = 1; arrived_.load(std::memory_order_acquire) < team; ++i) {
+    cpu_relax();
+    if (i % 64 == 0) {  // ~2 us of pauses: check the clock, let a co-runner in
+      if (Clock::now() - start > std::chrono::nanoseconds(kSpinNs)) return;
+      std::this_thread::yield();
+    }
+  }
 }
 
 void* aligned_alloc_bytes(std::size_t bytes) {
