@@ -118,59 +118,76 @@ inline V splat(T s) {
 }
 
 // ---- Micro-kernel ------------------------------------------------------------
-// C[0:m_cur, 0:n_cur] = alpha * (A_panel * B_panel) + beta * C, over kc.
-template <class C, typename T = typename C::T>
+// C[0:m_cur, 0:n_cur] = alpha * (A_panel * B_panel) + beta * C, over kc, using
+// the first NU of the panel's NV vector columns (n_cur <= NU*VL): the last
+// panel of a product whose n is not a multiple of NR runs only the vectors it
+// needs (n = 196 on a 64-wide panel: 3 full panels + one 16-wide, not 4 full).
+template <class C, int NU = C::NV, typename T = typename C::T>
 inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b,
                          T* __restrict c, int64_t ldc, T alpha, T beta, int64_t m_cur,
                          int64_t n_cur) {
   using V = typename VecOf<T>::V;
   using VU = typename VecOf<T>::VU;
-  constexpr int MR = C::MR, NV = C::NV, VL = C::VL, NR = C::NR;
+  constexpr int MR = C::MR, VL = C::VL, NR = C::NR;
+  static_assert(NU >= 1 && NU <= C::NV, "NU vectors of an NV-vector panel");
 
-  V acc[MR][NV];
+  V acc[MR][NU];
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) acc[i][j] = V{};
+    for (int j = 0; j < NU; ++j) acc[i][j] = V{};
 
 #pragma GCC unroll 4
   for (int64_t p = 0; p < kc; ++p) {
-    V bv[NV];
+    V bv[NU];
 #pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) bv[j] = *reinterpret_cast<const V*>(b + j * VL);
+    for (int j = 0; j < NU; ++j) bv[j] = *reinterpret_cast<const V*>(b + j * VL);
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) {
       const V av = splat<V>(a[i]);
 #pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
+      for (int j = 0; j < NU; ++j) acc[i][j] += av * bv[j];
     }
     a += MR;
     b += NR;
   }
 
-  if (m_cur == MR && n_cur == NR) {
+  // Whole vectors go straight to C; only the lanes past n_cur in the last
+  // vector (and rows past m_cur) take the scalar path.
+  const int64_t full_vecs = n_cur / VL;
 #pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i)
+  for (int i = 0; i < MR; ++i) {
+    if (i >= m_cur) break;
 #pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) {
+    for (int j = 0; j < NU; ++j) {
+      if (j < full_vecs) {
         VU* cp = reinterpret_cast<VU*>(c + i * ldc + j * VL);
         if (beta == T(0))
           *cp = alpha * acc[i][j];
         else
           *cp = alpha * acc[i][j] + beta * *cp;
+      } else if (j == full_vecs) {
+        alignas(64) T lane[VL];
+        *reinterpret_cast<V*>(lane) = acc[i][j];
+        T* cp = c + i * ldc + j * VL;
+        for (int64_t l = 0; l < n_cur - j * VL; ++l)
+          cp[l] = beta == T(0) ? alpha * lane[l] : alpha * lane[l] + beta * cp[l];
       }
-    return;
-  }
-  alignas(64) T tile[MR * NR];
-#pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) *reinterpret_cast<V*>(tile + i * NR + j * VL) = acc[i][j];
-  for (int64_t i = 0; i < m_cur; ++i)
-    for (int64_t j = 0; j < n_cur; ++j) {
-      T* cp = c + i * ldc + j;
-      *cp = beta == T(0) ? alpha * tile[i * NR + j] : alpha * tile[i * NR + j] + beta * *cp;
     }
+  }
+}
+
+// micro_kernel with the fewest vectors that cover n_cur columns.
+template <class C, int NU = C::NV, typename T = typename C::T>
+inline void micro_kernel_fit(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha,
+                             T beta, int64_t m_cur, int64_t n_cur) {
+  if constexpr (NU > 1) {
+    if (n_cur <= (NU - 1) * C::VL) {
+      micro_kernel_fit<C, NU - 1>(kc, a, b, c, ldc, alpha, beta, m_cur, n_cur);
+      return;
+    }
+  }
+  micro_kernel<C, NU>(kc, a, b, c, ldc, alpha, beta, m_cur, n_cur);
 }
 
 // ---- Packing -----------------------------------------------------------------
@@ -457,7 +474,7 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
           const int64_t n_cur = min64(NR, j0 + nn - col);
           const T* pb = pack_b + jp * NR * kc_cur;
           for (int64_t ir = 0; ir < mc_cur; ir += MR)  // loop 1: ir
-            micro_kernel<C>(kc_cur, pack_a + ir * kc_cur, pb, P.c + (row0 + ir) * P.ldc + col,
+            micro_kernel_fit<C>(kc_cur, pack_a + ir * kc_cur, pb, P.c + (row0 + ir) * P.ldc + col,
                             P.ldc, P.alpha, beta_cur, min64(MR, mc_cur - ir), n_cur);
         }
       }
@@ -473,9 +490,12 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
 // when B is the smaller operand, columns (each packs all of A) otherwise.
 template <class C, typename T = typename C::T>
 void run_cfg(const Problem<T>& P, T* work, int nthreads) {
-  constexpr int64_t MR = C::MR, NR = C::NR;
+  constexpr int64_t MR = C::MR, VL = C::VL;
   const int64_t m = P.m, n = P.n, k = P.k;
-  const int64_t m_units = ceil_div(m, MR), n_units = ceil_div(n, NR);
+  // Rows split in whole micro-panels; columns in vectors, not whole panels
+  // (micro_kernel_fit runs a partial panel at its cost): n = 196 on 64-wide
+  // panels splits 96 / 100 columns, not 128 / 68.
+  const int64_t m_units = ceil_div(m, MR), n_units = ceil_div(n, VL);
   int64_t nt = nthreads < 1 ? 1 : nthreads;
   bool split_rows = m_units >= nt && (m >= n || n_units < nt);
   if (!split_rows && n_units < nt) nt = 1;
@@ -492,7 +512,7 @@ void run_cfg(const Problem<T>& P, T* work, int nthreads) {
       if (split_rows)
         gemm_slice<C>(P, u0 * MR, min64(u1 * MR, m) - u0 * MR, 0, n, w);
       else
-        gemm_slice<C>(P, 0, m, u0 * NR, min64(u1 * NR, n) - u0 * NR, w);
+        gemm_slice<C>(P, 0, m, u0 * VL, min64(u1 * VL, n) - u0 * VL, w);
       join.arrive();
     }
     return;

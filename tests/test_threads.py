@@ -97,7 +97,14 @@ def test_pool_one_vs_two_threads(restore_threads, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("m", "n", "k"), [(300, 200, 150), (5, 700, 40), (700, 5, 300)])
+# Above pyconv's 2-thread threshold (2.5e7 flops float32, 1.5e7 float64): the
+# column split (m < n) with slices in vectors and a partial last panel, the row
+# split, and the smaller ones, which stay serial.
+@pytest.mark.parametrize(
+    ("m", "n", "k"),
+    [(300, 200, 150), (5, 700, 40), (700, 5, 300), (128, 196, 1152), (24, 1009, 700),
+     (700, 33, 1000), (257, 255, 260)],
+)
 def test_gemm_one_vs_two_threads(restore_threads, dtype, m, n, k):
     rng = np.random.default_rng(32)
     a = rng.standard_normal((m, k)).astype(dtype)
