@@ -159,7 +159,11 @@ Arr<T> new_array(std::initializer_list<int64_t> shape) {
     if (d != 0 && __builtin_mul_overflow(bytes, d, &bytes))
       fail("the output array is too large (its size in bytes overflows int64)");
   std::vector<py::ssize_t> dims(shape.begin(), shape.end());
-  return Arr<T>(dims);
+  // 64-byte aligned (NumPy's allocator gives 16): the next kernel that reads
+  // this output loads whole cache lines, and vector loads never split one.
+  void* data = aligned_alloc_bytes(static_cast<std::size_t>(bytes));
+  py::capsule owner(data, [](void* p) { std::free(p); });
+  return Arr<T>(dims, static_cast<T*>(data), owner);
 }
 
 // The kernels load elements (and vectors) through typed pointers: an array

@@ -522,6 +522,73 @@ void run_cfg(const Problem<T>& P, T* work, int nthreads) {
   gemm_slice<C>(P, 0, m, 0, n, work);
 }
 
+#if defined(PYCONV_ISA_AVX512)
+// ---- Small products with B transposed, without packing -----------------------
+// C = alpha * A * B^T + beta * C where A (m x k) and B^T (n x k) are both
+// row-major along k: each C element is a dot product of two contiguous rows.
+// This is the weight gradient of a convolution with few filters and small
+// kernels (MNIST: 25 x 30 over k = 576 pixels per image), where the packed
+// path pads 25 x 30 to 36 x 32 and spends more time packing than multiplying.
+// A 4 x 4 block of C keeps 16 vector accumulators along k; one register
+// transpose (transpose_stage) then turns their lanes into 16 sums.
+constexpr int kNtBlock = 4;
+
+template <typename T>
+bool use_nt_small(const Problem<T>& P) {
+  constexpr int64_t L = TransposeVec<T>::L;
+  return P.packer == nullptr && P.a.cs == 1 && P.b.rs == 1 && P.m <= 64 && P.n <= 64 &&
+         P.k >= 4 * L && P.m * P.n * P.k <= (int64_t(1) << 22);
+}
+
+template <typename T>
+void gemm_nt_small(const Problem<T>& P) {
+  using V = typename TransposeVec<T>::V;
+  constexpr int L = TransposeVec<T>::L, B = kNtBlock;
+  constexpr int kGroups = B * B / L;  // transposes per block: 1 (float), 2 (double)
+  const int64_t m = P.m, n = P.n, k = P.k, kv = k / L * L;
+  for (int64_t i0 = 0; i0 < m; i0 += B)
+    for (int64_t j0 = 0; j0 < n; j0 += B) {
+      // Rows past the edge repeat the last row; their sums are not stored.
+      const T* a[B];
+      const T* b[B];
+      for (int r = 0; r < B; ++r) a[r] = P.a.data + min64(i0 + r, m - 1) * P.a.rs;
+      for (int c = 0; c < B; ++c) b[c] = P.b.data + min64(j0 + c, n - 1) * P.b.cs;
+      V acc[B * B];
+      for (int q = 0; q < B * B; ++q) acc[q] = V{};
+      for (int64_t p = 0; p < kv; p += L) {
+        V av[B], bv[B];
+        for (int r = 0; r < B; ++r) av[r] = *reinterpret_cast<const V*>(a[r] + p);
+        for (int c = 0; c < B; ++c) bv[c] = *reinterpret_cast<const V*>(b[c] + p);
+        for (int r = 0; r < B; ++r)
+          for (int c = 0; c < B; ++c) acc[r * B + c] += av[r] * bv[c];
+      }
+      // Lane sums: transposing each group of L accumulators puts lane l of
+      // accumulator q at row l, column q; adding the rows sums every q at once.
+      alignas(64) T sum[B * B];
+      for (int g = 0; g < kGroups; ++g) {
+        V* r = acc + g * L;
+        transpose_stage<T, 1>(r);
+        transpose_stage<T, 2>(r);
+        transpose_stage<T, 4>(r);
+        if constexpr (L == 16) transpose_stage<T, 8>(r);
+        V total = r[0];
+        for (int l = 1; l < L; ++l) total += r[l];
+        *reinterpret_cast<V*>(sum + g * L) = total;
+      }
+      for (int64_t p = kv; p < k; ++p)  // the k % L tail
+        for (int r = 0; r < B; ++r)
+          for (int c = 0; c < B; ++c) sum[r * B + c] += a[r][p] * b[c][p];
+      const int64_t rows = min64(B, m - i0), cols = min64(B, n - j0);
+      for (int64_t r = 0; r < rows; ++r) {
+        T* cp = P.c + (i0 + r) * P.ldc + j0;
+        for (int64_t c = 0; c < cols; ++c)
+          cp[c] = P.beta == T(0) ? P.alpha * sum[r * B + c]
+                                 : P.alpha * sum[r * B + c] + P.beta * cp[c];
+      }
+    }
+}
+#endif
+
 // The wide configuration unless the narrow one saves over a fifth of the
 // padded columns.
 template <typename T>
@@ -547,6 +614,12 @@ void run(int64_t m, int64_t n, int64_t k, T alpha, MatRef<T> a, MatRef<T> b, T b
     return;
   }
   const Problem<T> P{m, n, k, alpha, a, b, beta, c, ldc, packer};
+#if defined(PYCONV_ISA_AVX512)
+  if (use_nt_small(P)) {  // serial: <= 2^23 flops, below the 2-thread threshold
+    gemm_nt_small(P);
+    return;
+  }
+#endif
   if (use_narrow<T>(n))
     run_cfg<typename Blocking<T>::Narrow>(P, work, nthreads);
   else

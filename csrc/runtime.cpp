@@ -7,6 +7,10 @@
 #include <new>
 #include <thread>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -68,6 +72,16 @@ void* aligned_alloc_bytes(std::size_t bytes) {
   const std::size_t size = (bytes + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, size ? size : 64);
   if (p == nullptr) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  // As NumPy does for its large arrays: ask for transparent huge pages (where
+  // the kernel's THP mode is "madvise"), 512x fewer page faults on first touch.
+  constexpr std::size_t kHuge = std::size_t(4) << 20, kPage = 4096;
+  if (size >= kHuge) {
+    const std::uintptr_t lo = (reinterpret_cast<std::uintptr_t>(p) + kPage - 1) / kPage * kPage;
+    const std::uintptr_t hi = (reinterpret_cast<std::uintptr_t>(p) + size) / kPage * kPage;
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // a hint
+  }
+#endif
   return p;
 }
 

@@ -8,6 +8,7 @@ transposed 2-D view is passed to :func:`gemm` as a transpose flag, not copied.
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -249,6 +250,22 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None) -
     only written, never read. ``out`` must be C-contiguous of the compute
     dtype and shape (M, N).
     """
+    if (  # the common call, straight to the core (which checks shapes): 1 us, not 4
+        type(a) is np.ndarray
+        and type(b) is np.ndarray
+        and a.dtype == b.dtype
+        and a.dtype in _FLOATS
+        and a.flags.c_contiguous
+        and a.flags.aligned
+        and b.flags.c_contiguous
+        and b.flags.aligned
+        and type(alpha) is float
+        and type(beta) is float
+        and math.isfinite(alpha)
+        and math.isfinite(beta)
+        and out is None
+    ):
+        return _core.gemm(a, b, bool(trans_a), bool(trans_b), alpha, beta, None)
     a_arr, b_arr = np.asarray(a), np.asarray(b)
     dtype = np.result_type(compute_dtype(a_arr.dtype, "a"), compute_dtype(b_arr.dtype, "b"))
     a2, ta = _gemm_operand(a_arr, dtype, "a")

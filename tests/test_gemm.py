@@ -103,6 +103,29 @@ def test_block_edges(isa, dtype):
         _check_gemm(rng, m, n, k, dtype, ta, tb, alpha, beta)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_products_with_b_transposed(isa, dtype):
+    # A (m x k) times B^T with both row-major along k, m and n <= 64 and k from
+    # a few vectors up: the AVX-512 path computes these without packing, in
+    # 4 x 4 blocks of C with a k % 16 (% 8) tail. Every m, n edge of a block,
+    # k with and without a tail, both inputs and the conv weight-gradient shapes.
+    rng = np.random.default_rng(27)
+    cycle = itertools.cycle(ALPHA_BETA)
+    cases = [(m, n, k) for m in (1, 3, 4, 5, 8) for n in (1, 2, 4, 7) for k in (64, 79)]
+    cases += [(25, 30, 576), (30, 25, 576), (27, 64, 1024), (64, 64, 1024), (64, 63, 1023),
+              (17, 33, 200), (64, 1, 4096)]
+    for m, n, k in cases:
+        alpha, beta = next(cycle)
+        _check_gemm(rng, m, n, k, dtype, False, True, alpha, beta)
+    # B^T a strided view (rows of a wider matrix): not the unpacked path's
+    # layout, so it must fall back to packing, with the same result.
+    a = rng.standard_normal((12, 100)).astype(dtype)
+    wide = rng.standard_normal((9, 200)).astype(dtype)
+    got = F.gemm(a, wide[:, :100], trans_b=True)
+    assert_close(got, a.astype(np.float64) @ wide[:, :100].T.astype(np.float64), dtype=dtype,
+                 name="gemm with a strided B^T")
+
+
 @pytest.mark.parametrize(("trans_a", "trans_b"), TRANS, ids=TRANS_IDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_functional_gemm(dtype, trans_a, trans_b):
