@@ -23,6 +23,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(PYCONV_ISA_AVX512)
+#include <immintrin.h>
+#endif
 
 #ifndef PYCONV_ISA
 #error "define PYCONV_ISA before including gemm_kernels.h"
@@ -340,6 +343,57 @@ void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs,
 }
 
 
+#if defined(PYCONV_ISA_AVX512)
+// d[q] = row[q * stride] for q in [lo, hi), stride 1 or 2, in masked 64-byte
+// loads and stores: a row segment of an im2col panel (14 taps at stride 2 in
+// a 28 -> 14 downsampling layer) without a scalar loop or a strided gather,
+// and without touching memory outside [row[lo*stride], row[(hi-1)*stride]]
+// or d[lo, hi) (masked-off lanes never fault).
+template <int L>
+inline unsigned lane_mask(int64_t n) {  // the low min(n, L) bits
+  return n >= L ? (L == 16 ? 0xFFFFu : 0xFFu) : (1u << n) - 1u;
+}
+
+inline void copy_taps(const float* row, int64_t stride, int64_t lo, int64_t hi, float* d) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28,
+                                         30);
+  for (int64_t q = lo; q < hi; q += 16) {
+    const int64_t n = min64(16, hi - q);
+    __m512 v;
+    if (stride == 1) {
+      v = _mm512_maskz_loadu_ps(static_cast<__mmask16>(lane_mask<16>(n)), row + q);
+    } else {  // 2n - 1 inputs from row[2q]: even lanes of two vectors
+      const int64_t span = 2 * n - 1;
+      const __m512 a = _mm512_maskz_loadu_ps(static_cast<__mmask16>(lane_mask<16>(span)),
+                                             row + 2 * q);
+      const __m512 b = _mm512_maskz_loadu_ps(
+          static_cast<__mmask16>(span > 16 ? lane_mask<16>(span - 16) : 0u), row + 2 * q + 16);
+      v = _mm512_permutex2var_ps(a, even, b);
+    }
+    _mm512_mask_storeu_ps(d + q, static_cast<__mmask16>(lane_mask<16>(n)), v);
+  }
+}
+
+inline void copy_taps(const double* row, int64_t stride, int64_t lo, int64_t hi, double* d) {
+  const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  for (int64_t q = lo; q < hi; q += 8) {
+    const int64_t n = min64(8, hi - q);
+    __m512d v;
+    if (stride == 1) {
+      v = _mm512_maskz_loadu_pd(static_cast<__mmask8>(lane_mask<8>(n)), row + q);
+    } else {
+      const int64_t span = 2 * n - 1;
+      const __m512d a =
+          _mm512_maskz_loadu_pd(static_cast<__mmask8>(lane_mask<8>(span)), row + 2 * q);
+      const __m512d b = _mm512_maskz_loadu_pd(
+          static_cast<__mmask8>(span > 8 ? lane_mask<8>(span - 8) : 0u), row + 2 * q + 8);
+      v = _mm512_permutex2var_pd(a, even, b);
+    }
+    _mm512_mask_storeu_pd(d + q, static_cast<__mmask8>(lane_mask<8>(n)), v);
+  }
+}
+#endif
+
 // ---- im2col packed straight into B panels ------------------------------------
 // B = the column matrix of one image (row r = (c, kh, kw), column j = (oh, ow))
 // without writing it: rows [pc, pc+kc) x columns [j0, j0+n_cur) into dst as kc
@@ -391,6 +445,11 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
       }
       for (int64_t q = ow; q < lo; ++q) d[q] = T(0);
       const T* __restrict row = plane + ih * s.width - s.pad + kw;  // row[ow'*stride]
+#if defined(PYCONV_ISA_AVX512)
+      if (s.stride <= 2) {
+        copy_taps(row, s.stride, lo, hi, d);
+      } else
+#endif
       if (s.stride == 1) {
         for (int64_t q = lo; q < hi; ++q) d[q] = row[q];
       } else {
