@@ -161,8 +161,15 @@ Arr<T> new_array(std::initializer_list<int64_t> shape) {
   std::vector<py::ssize_t> dims(shape.begin(), shape.end());
   // 64-byte aligned (NumPy's allocator gives 16): the next kernel that reads
   // this output loads whole cache lines, and vector loads never split one.
-  void* data = aligned_alloc_bytes(static_cast<std::size_t>(bytes));
-  py::capsule owner(data, [](void* p) { std::free(p); });
+  // Large blocks are recycled through the output cache (runtime.h).
+  void* data = output_alloc(static_cast<std::size_t>(bytes));
+  py::capsule owner;
+  try {
+    owner = py::capsule(data, [](void* p) { output_free(p); });
+  } catch (...) {
+    output_free(data);
+    throw;
+  }
   return Arr<T>(dims, static_cast<T*>(data), owner);
 }
 
@@ -492,6 +499,8 @@ py::dict config() {
   d["available_simd"] = available_isas();
   d["gemm_blocking_float32"] = blocking_dict(gemm_impl<float>().bs);
   d["gemm_blocking_float64"] = blocking_dict(gemm_impl<double>().bs);
+  d["output_cache_bytes"] = output_cache_bytes();
+  d["output_cache_limit_bytes"] = kOutputCacheBytes;
   return d;
 }
 
@@ -534,6 +543,8 @@ PYBIND11_MODULE(_core, m) {
   }, "n"_a);
   m.def("get_num_threads", &pyconv::num_threads);
   m.def("config", &config);
+  m.def("empty_cache", &output_cache_clear,
+        "Free the cached blocks of released output arrays (see runtime.h).");
   m.def("available_isas", &available_isas);
   m.def("current_isa", &current_isa);
   m.def("set_isa", [](const std::string& name) {

@@ -4,6 +4,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <deque>
+#include <mutex>
 #include <new>
 #include <thread>
 
@@ -83,6 +85,90 @@ void* aligned_alloc_bytes(std::size_t bytes) {
   }
 #endif
   return p;
+}
+
+// ---- Output blocks -------------------------------------------------------------
+// Every output block carries a 64-byte header holding its capacity, so that
+// output_free knows whether it is a cacheable size. Free cached blocks are
+// kept in release order (oldest first) for eviction.
+namespace {
+constexpr std::size_t kHeader = 64;
+
+struct OutputCache {
+  std::mutex mu;
+  std::deque<std::pair<void*, std::size_t>> free_blocks;  // (block, capacity)
+  std::size_t cached = 0;
+};
+OutputCache& output_cache() {
+  static OutputCache* c = new OutputCache;  // never destroyed: frees may come at exit
+  return *c;
+}
+std::size_t& header_capacity(void* block) { return *static_cast<std::size_t*>(block); }
+}  // namespace
+
+void* output_alloc(std::size_t bytes) {
+  // Sizes round up to 64 KiB, so that a slightly smaller request reuses a block.
+  const std::size_t granule = bytes >= kOutputCacheMinBytes ? std::size_t(64) << 10 : 64;
+  const std::size_t capacity = (bytes + granule - 1) / granule * granule;
+  if (capacity >= kOutputCacheMinBytes) {
+    OutputCache& c = output_cache();
+    std::lock_guard<std::mutex> lock(c.mu);
+    // The smallest cached block that fits and is at most 1/8 larger.
+    auto best = c.free_blocks.end();
+    for (auto it = c.free_blocks.begin(); it != c.free_blocks.end(); ++it)
+      if (it->second >= capacity && it->second - capacity <= capacity / 8 &&
+          (best == c.free_blocks.end() || it->second < best->second))
+        best = it;
+    if (best != c.free_blocks.end()) {
+      void* block = best->first;
+      c.cached -= best->second;
+      c.free_blocks.erase(best);
+      return static_cast<char*>(block) + kHeader;
+    }
+  }
+  void* block = aligned_alloc_bytes(capacity + kHeader);
+  header_capacity(block) = capacity;
+  return static_cast<char*>(block) + kHeader;
+}
+
+void output_free(void* p) {
+  if (p == nullptr) return;
+  void* block = static_cast<char*>(p) - kHeader;
+  const std::size_t capacity = header_capacity(block);
+  if (capacity < kOutputCacheMinBytes || capacity > kOutputCacheBytes) {
+    std::free(block);
+    return;
+  }
+  std::deque<void*> evicted;
+  {
+    OutputCache& c = output_cache();
+    std::lock_guard<std::mutex> lock(c.mu);
+    while (c.cached + capacity > kOutputCacheBytes && !c.free_blocks.empty()) {
+      evicted.push_back(c.free_blocks.front().first);
+      c.cached -= c.free_blocks.front().second;
+      c.free_blocks.pop_front();
+    }
+    c.free_blocks.emplace_back(block, capacity);
+    c.cached += capacity;
+  }
+  for (void* b : evicted) std::free(b);
+}
+
+std::size_t output_cache_bytes() {
+  OutputCache& c = output_cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  return c.cached;
+}
+
+void output_cache_clear() {
+  std::deque<std::pair<void*, std::size_t>> blocks;
+  {
+    OutputCache& c = output_cache();
+    std::lock_guard<std::mutex> lock(c.mu);
+    blocks.swap(c.free_blocks);
+    c.cached = 0;
+  }
+  for (auto& b : blocks) std::free(b.first);
 }
 
 namespace {

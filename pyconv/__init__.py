@@ -60,6 +60,7 @@ __all__ = [
     "col2im",
     "config",
     "datasets",
+    "empty_cache",
     "find_mnist",
     "functional",
     "functions",
@@ -89,6 +90,18 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """Threads pyconv's kernels use; defaults to OMP_NUM_THREADS or the CPU count."""
     return _core.get_num_threads()
+
+
+def empty_cache() -> None:
+    """Return the memory of released output arrays to the system.
+
+    Arrays of 256 KiB or more that pyconv's kernels returned are, once
+    released, kept (up to 256 MiB in all) and reused for the next outputs of
+    about their size, as a training loop allocates the same outputs every
+    step; ``config()["output_cache_bytes"]`` is what is held. Arrays still in
+    use are not affected.
+    """
+    _core.empty_cache()
 
 
 def config() -> dict:

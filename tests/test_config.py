@@ -81,3 +81,49 @@ def test_core_outputs_are_cache_line_aligned_and_owned():
     junk = [np.full(y.shape, 7.0, np.float32) for _ in range(8)]  # reuse freed memory
     np.testing.assert_array_equal(y, expected)
     del junk
+
+
+def test_output_cache_reuses_released_blocks_only():
+    import pyconv.functional as F
+
+    pyconv.empty_cache()
+    assert pyconv.config()["output_cache_bytes"] == 0
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((300, 400)).astype(np.float32)
+    b = rng.standard_normal((400, 500)).astype(np.float32)  # 300 x 500 float32: 600 KB out
+    expected = a.astype(np.float64) @ b
+    c1 = F.gemm(a, b)
+    c2 = F.gemm(a, b)  # c1 is alive: a different block
+    assert c1.ctypes.data != c2.ctypes.data
+    addr = c1.ctypes.data
+    snapshot = c1.copy()
+    del c1
+    assert pyconv.config()["output_cache_bytes"] >= 600_000
+    c3 = F.gemm(a, b)  # the released block comes back, fully rewritten
+    assert c3.ctypes.data == addr
+    assert pyconv.config()["output_cache_bytes"] == 0
+    for c in (c2, c3):
+        np.testing.assert_allclose(c, expected, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(c3, snapshot)
+    # A smaller request does not take a block more than 1/8 too large.
+    del c3
+    small = F.gemm(a[:100], b)
+    assert small.ctypes.data != addr
+    pyconv.empty_cache()
+    assert pyconv.config()["output_cache_bytes"] == 0
+
+
+def test_output_cache_is_bounded():
+    import pyconv.functional as F
+
+    pyconv.empty_cache()
+    limit = pyconv.config()["output_cache_limit_bytes"]
+    a = np.ones((1, 1), np.float32)
+    # Outputs of distinct sizes, 14-18 MB each and 350 MB in all, released at
+    # once: the cache keeps the newest within the limit and frees the rest.
+    outs = [F.gemm(np.ones((3500 + 50 * i, 1), np.float32), np.ones((1, 1000), np.float32))
+            for i in range(22)]
+    del outs, a
+    assert 0 < pyconv.config()["output_cache_bytes"] <= limit
+    pyconv.empty_cache()
+    assert pyconv.config()["output_cache_bytes"] == 0
