@@ -17,17 +17,20 @@ void set_num_threads(int n);
 bool in_parallel();
 
 // The end of a parallel region without a sleeping caller. Each team thread
-// calls arrive() when its share is done (outside a region: returns at once); the master (thread 0, the caller's
-// own thread) then waits in arrive() until the whole team has arrived, for at
-// most kSpinNs, pausing and yielding the core between checks. Without it,
-// under OMP_WAIT_POLICY=passive a master that finishes first falls asleep in
+// calls arrive() when its share is done (outside a region: returns at once);
+// the master (thread 0, the caller's own thread) then spins in arrive() until
+// the whole team has arrived, for at most kSpinNs. Without it, under
+// OMP_WAIT_POLICY=passive a master that finishes first falls asleep in
 // libgomp's closing barrier and is woken by the last thread: 20-40 us on the
-// KVM guest we measure on, which is a third of a 256^3 GEMM at 2 threads.
-// Workers do not wait (they sleep in libgomp as before), so a core shared with
-// another process is never spun on for longer than the master's bounded wait.
+// VM we measure on, a third of a 256^3 GEMM at 2 threads. The bound matters
+// under contention: a worker preempted by another process on its core is
+// only moved to the master's core once that core goes idle, so a master that
+// spun (or yielded) for 200 us left 10% of small GEMMs 7x slower next to a
+// busy core; 100 us keeps the quiet gain without that tail (RESULTS.md).
+// Workers do not wait here: they sleep in libgomp as before.
 class TeamJoin {
  public:
-  static constexpr std::int64_t kSpinNs = 200000;
+  static constexpr std::int64_t kSpinNs = 100000;
   void arrive();  // by every thread of the team, last thing in the region
 
  private:
