@@ -134,6 +134,13 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
   constexpr int MR = C::MR, VL = C::VL, NR = C::NR;
   static_assert(NU >= 1 && NU <= C::NV, "NU vectors of an NV-vector panel");
 
+  // Ask for the C tile now, so that its lines arrive during the k loop
+  // instead of stalling the update (C is revisited once per KC block and a
+  // large C lives in DRAM). NU vectors span at most NU + 1 lines.
+  for (int64_t i = 0; i < m_cur; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j <= NU; ++j) __builtin_prefetch(c + i * ldc + j * VL, 1, 3);
+
   V acc[MR][NU];
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
