@@ -1262,6 +1262,10 @@ def _workload(rng, dtype):
     b = rng.standard_normal(5).astype(dtype)
     a = rng.standard_normal((70, 40)).astype(dtype)
     c = rng.standard_normal((40, 90)).astype(dtype)
+    # A 300 x 300 result (>= 256 KiB): its block goes back to the output cache
+    # when released and is handed to whichever thread asks next.
+    a2 = rng.standard_normal((300, 20)).astype(dtype)
+    c2 = rng.standard_normal((20, 300)).astype(dtype)
 
     def work():
         y = _core.conv2d_forward(x, W, b, 1, 1)
@@ -1272,7 +1276,8 @@ def _workload(rng, dtype):
         xi = _core.col2im(col, 3, 3, 11, 10, 3, 3, 2, 1)
         out = np.full((70, 90), np.nan, dtype=dtype)
         g = _core.gemm(a, c, False, False, 1.0, 0.0, out)
-        return y, dx, dW, db, p, am, dp, col, xi, g
+        big = _core.gemm(a2, c2, False, False, 1.0, 0.0, None)
+        return y, dx, dW, db, p, am, dp, col, xi, g, big
 
     return work
 
