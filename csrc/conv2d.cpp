@@ -23,7 +23,12 @@ namespace pyconv {
 template <typename T>
 ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, bool backward) {
   ConvPlan p{};
+#ifdef _OPENMP
   const std::int64_t nt = nthreads < 1 ? 1 : nthreads;
+#else
+  (void)nthreads;  // a serial build: every team is the calling thread alone
+  const std::int64_t nt = 1;
+#endif
   const bool over_images =
       nt > 1 && s.batch >= nt && (s.batch % nt == 0 || s.batch >= 4 * nt);
   p.team = over_images ? static_cast<int>(nt) : 1;
@@ -213,7 +218,9 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
     t = omp_get_thread_num();
 #endif
     partial_sums(t);
+#ifdef _OPENMP
 #pragma omp barrier
+#endif
 #pragma omp for schedule(static) nowait
     for (std::int64_t i = 0; i < f * ckk + f; ++i) reduce(i);
     join.arrive();

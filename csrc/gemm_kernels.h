@@ -585,6 +585,7 @@ void run_cfg(const Problem<T>& P, T* work, int nthreads) {
   }
 #endif
   (void)split_rows;
+  (void)k;
   gemm_slice<C>(P, 0, m, 0, n, work);
 }
 
