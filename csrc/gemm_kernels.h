@@ -351,49 +351,66 @@ void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs,
 
 
 #if defined(PYCONV_ISA_AVX512)
-// d[q] = row[q * stride] for q in [lo, hi), stride 1 or 2, in masked 64-byte
-// loads and stores: a row segment of an im2col panel (14 taps at stride 2 in
-// a 28 -> 14 downsampling layer) without a scalar loop or a strided gather,
-// and without touching memory outside [row[lo*stride], row[(hi-1)*stride]]
-// or d[lo, hi) (masked-off lanes never fault).
+// d[q] = row[q * stride] for q in [lo, hi), stride 1 or 2, in 64-byte loads
+// and masked stores: a row segment of an im2col panel (14 taps at stride 2 in
+// a 28 -> 14 downsampling layer) without a scalar loop or a strided gather.
+// Writes only d[lo, hi); reads from row[lo*stride] on, whole vectors while
+// they end at or before `end` (the image's end), masked loads after that.
 template <int L>
 inline unsigned lane_mask(int64_t n) {  // the low min(n, L) bits
   return n >= L ? (L == 16 ? 0xFFFFu : 0xFFu) : (1u << n) - 1u;
 }
 
-inline void copy_taps(const float* row, int64_t stride, int64_t lo, int64_t hi, float* d) {
+inline void copy_taps(const float* row, int64_t stride, int64_t lo, int64_t hi, float* d,
+                      const float* end) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28,
                                          30);
   for (int64_t q = lo; q < hi; q += 16) {
     const int64_t n = min64(16, hi - q);
+    const float* src = row + stride * q;
+    // Whole-vector loads while they stay inside the image (lanes past the
+    // segment are discarded): a masked load whose dropped lanes cross a page
+    // costs a microcode assist on AMD cores, measured as most of this loop.
+    const bool whole = src + 16 * stride <= end;
     __m512 v;
     if (stride == 1) {
-      v = _mm512_maskz_loadu_ps(static_cast<__mmask16>(lane_mask<16>(n)), row + q);
+      v = whole ? _mm512_loadu_ps(src)
+                : _mm512_maskz_loadu_ps(static_cast<__mmask16>(lane_mask<16>(n)), src);
     } else {  // 2n - 1 inputs from row[2q]: even lanes of two vectors
       const int64_t span = 2 * n - 1;
-      const __m512 a = _mm512_maskz_loadu_ps(static_cast<__mmask16>(lane_mask<16>(span)),
-                                             row + 2 * q);
-      const __m512 b = _mm512_maskz_loadu_ps(
-          static_cast<__mmask16>(span > 16 ? lane_mask<16>(span - 16) : 0u), row + 2 * q + 16);
+      const __m512 a =
+          whole ? _mm512_loadu_ps(src)
+                : _mm512_maskz_loadu_ps(static_cast<__mmask16>(lane_mask<16>(span)), src);
+      const __m512 b =
+          whole ? _mm512_loadu_ps(src + 16)
+                : _mm512_maskz_loadu_ps(
+                      static_cast<__mmask16>(span > 16 ? lane_mask<16>(span - 16) : 0u), src + 16);
       v = _mm512_permutex2var_ps(a, even, b);
     }
     _mm512_mask_storeu_ps(d + q, static_cast<__mmask16>(lane_mask<16>(n)), v);
   }
 }
 
-inline void copy_taps(const double* row, int64_t stride, int64_t lo, int64_t hi, double* d) {
+inline void copy_taps(const double* row, int64_t stride, int64_t lo, int64_t hi, double* d,
+                      const double* end) {
   const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
   for (int64_t q = lo; q < hi; q += 8) {
     const int64_t n = min64(8, hi - q);
+    const double* src = row + stride * q;
+    const bool whole = src + 8 * stride <= end;
     __m512d v;
     if (stride == 1) {
-      v = _mm512_maskz_loadu_pd(static_cast<__mmask8>(lane_mask<8>(n)), row + q);
+      v = whole ? _mm512_loadu_pd(src)
+                : _mm512_maskz_loadu_pd(static_cast<__mmask8>(lane_mask<8>(n)), src);
     } else {
       const int64_t span = 2 * n - 1;
       const __m512d a =
-          _mm512_maskz_loadu_pd(static_cast<__mmask8>(lane_mask<8>(span)), row + 2 * q);
-      const __m512d b = _mm512_maskz_loadu_pd(
-          static_cast<__mmask8>(span > 8 ? lane_mask<8>(span - 8) : 0u), row + 2 * q + 8);
+          whole ? _mm512_loadu_pd(src)
+                : _mm512_maskz_loadu_pd(static_cast<__mmask8>(lane_mask<8>(span)), src);
+      const __m512d b =
+          whole ? _mm512_loadu_pd(src + 8)
+                : _mm512_maskz_loadu_pd(
+                      static_cast<__mmask8>(span > 8 ? lane_mask<8>(span - 8) : 0u), src + 8);
       v = _mm512_permutex2var_pd(a, even, b);
     }
     _mm512_mask_storeu_pd(d + q, static_cast<__mmask8>(lane_mask<8>(n)), v);
@@ -413,6 +430,7 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
                  int64_t nr, T* dst) {
   const Im2colPanels<T>& panels = *static_cast<const Im2colPanels<T>*>(ctx);
   const Conv2dShape& s = panels.s;
+  [[maybe_unused]] const T* const image_end = panels.x + s.channels * s.height * s.width;
   const int64_t oh_n = (s.height + 2 * s.pad - s.kernel_h) / s.stride + 1;
   const int64_t ow_n = (s.width + 2 * s.pad - s.kernel_w) / s.stride + 1;
   const int64_t oh0 = j0 / ow_n, ow0 = j0 % ow_n;
@@ -454,7 +472,7 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
       const T* __restrict row = plane + ih * s.width - s.pad + kw;  // row[ow'*stride]
 #if defined(PYCONV_ISA_AVX512)
       if (s.stride <= 2) {
-        copy_taps(row, s.stride, lo, hi, d);
+        copy_taps(row, s.stride, lo, hi, d, image_end);
       } else
 #endif
       if (s.stride == 1) {
