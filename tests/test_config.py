@@ -127,3 +127,15 @@ def test_output_cache_is_bounded():
     assert 0 < pyconv.config()["output_cache_bytes"] <= limit
     pyconv.empty_cache()
     assert pyconv.config()["output_cache_bytes"] == 0
+
+
+def test_empty_outputs_allocate_nothing():
+    # A zero batch with huge spatial output sizes: the overflow rule skips
+    # zero dimensions, but the array itself holds nothing and must not ask
+    # the allocator for 4 * 262145**2 bytes.
+    import pyconv.functional as F
+
+    x = np.zeros((0, 1, 1, 1), np.float32)
+    y = F.conv2d(x, np.ones((1, 1, 1, 1), np.float32), np.zeros(1, np.float32), stride=1,
+                 pad=131072)
+    assert y.shape == (0, 1, 262145, 262145) and y.size == 0
