@@ -133,7 +133,7 @@ void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* dy_
   T* dcol = p.direct ? dx_n : col;
   g.run(ckk, cols, f, T(1), MatRef<T>{w, f, ckk, ckk, 1}.t(), MatRef<T>{dy_n, f, cols, cols, 1},
         T(0), dcol, cols, work, p.gemm_threads, nullptr);
-  if (!p.direct) col2im_image(dcol, s, dx_n);
+  if (!p.direct) g.col2im(dcol, s, dx_n);
 }
 
 }  // namespace

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "shape.h"
+
 namespace pyconv {
 
 template <typename T>
@@ -53,6 +55,9 @@ struct GemmImpl {
   // PackB<T>::fill for an Im2colPanels<T> context (im2col.h).
   void (*pack_im2col)(const void* ctx, std::int64_t pc, std::int64_t kc, std::int64_t j0,
                       std::int64_t n_cur, std::int64_t nr, T* dst);
+  // Adjoint of pack_im2col for one whole image: x (C x H x W) <- zeroes, then
+  // every entry of col (C*KH*KW x OH*OW) added into the pixel it came from.
+  void (*col2im)(const T* col, const Conv2dShape& s, T* x);
 };
 
 // The implementation in use for T (the selected ISA).

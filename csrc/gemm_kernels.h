@@ -496,6 +496,108 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
   }
 }
 
+// ---- col2im, the adjoint of pack_im2col ------------------------------------------
+#if defined(PYCONV_ISA_AVX512)
+// row[i * stride] += c[i] for i in [0, n), stride 1 or 2. Whole vectors of the
+// image row are loaded and stored back (lanes not added to are rewritten
+// unchanged: one thread owns the image) while they end at or before `end`;
+// masked loads and stores near the end, where a vector would leave the image.
+inline void add_taps(const float* c, int64_t stride, int64_t n, float* row, const float* end) {
+  const __m512i lo_idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i hi_idx = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14,
+                                           15, 15);
+  for (int64_t q = 0; q < n; q += 16) {
+    const int64_t m = min64(16, n - q);
+    const __mmask16 km = static_cast<__mmask16>(lane_mask<16>(m));
+    const __m512 cv = _mm512_maskz_loadu_ps(km, c + q);
+    float* r = row + stride * q;
+    const bool whole = r + 16 * stride <= end;
+    if (stride == 1) {
+      const __mmask16 k = whole ? static_cast<__mmask16>(0xFFFF) : km;
+      _mm512_mask_storeu_ps(r, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, r), cv));
+    } else {  // elements r[2i], i < m: even lanes of two vectors (span 2m - 1)
+      const int64_t span = 2 * m - 1;
+      const __mmask16 k0 = whole ? static_cast<__mmask16>(0xFFFF)
+                                 : static_cast<__mmask16>(lane_mask<16>(span));
+      const __mmask16 k1 = whole ? static_cast<__mmask16>(0xFFFF)
+                                 : static_cast<__mmask16>(span > 16 ? lane_mask<16>(span - 16) : 0u);
+      const __mmask16 even0 = static_cast<__mmask16>(0x5555u & lane_mask<16>(span));
+      const __mmask16 even1 =
+          static_cast<__mmask16>(0x5555u & (span > 16 ? lane_mask<16>(span - 16) : 0u));
+      __m512 a = _mm512_maskz_loadu_ps(k0, r);
+      __m512 b = _mm512_maskz_loadu_ps(k1, r + 16);
+      a = _mm512_mask_add_ps(a, even0, a, _mm512_permutexvar_ps(lo_idx, cv));
+      b = _mm512_mask_add_ps(b, even1, b, _mm512_permutexvar_ps(hi_idx, cv));
+      _mm512_mask_storeu_ps(r, k0, a);
+      _mm512_mask_storeu_ps(r + 16, k1, b);
+    }
+  }
+}
+
+inline void add_taps(const double* c, int64_t stride, int64_t n, double* row,
+                     const double* end) {
+  const __m512i lo_idx = _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3);
+  const __m512i hi_idx = _mm512_setr_epi64(4, 4, 5, 5, 6, 6, 7, 7);
+  for (int64_t q = 0; q < n; q += 8) {
+    const int64_t m = min64(8, n - q);
+    const __mmask8 km = static_cast<__mmask8>(lane_mask<8>(m));
+    const __m512d cv = _mm512_maskz_loadu_pd(km, c + q);
+    double* r = row + stride * q;
+    const bool whole = r + 8 * stride <= end;
+    if (stride == 1) {
+      const __mmask8 k = whole ? static_cast<__mmask8>(0xFF) : km;
+      _mm512_mask_storeu_pd(r, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, r), cv));
+    } else {
+      const int64_t span = 2 * m - 1;
+      const __mmask8 k0 =
+          whole ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>(lane_mask<8>(span));
+      const __mmask8 k1 = whole ? static_cast<__mmask8>(0xFF)
+                                : static_cast<__mmask8>(span > 8 ? lane_mask<8>(span - 8) : 0u);
+      const __mmask8 even0 = static_cast<__mmask8>(0x55u & lane_mask<8>(span));
+      const __mmask8 even1 =
+          static_cast<__mmask8>(0x55u & (span > 8 ? lane_mask<8>(span - 8) : 0u));
+      __m512d a = _mm512_maskz_loadu_pd(k0, r);
+      __m512d b = _mm512_maskz_loadu_pd(k1, r + 8);
+      a = _mm512_mask_add_pd(a, even0, a, _mm512_permutexvar_pd(lo_idx, cv));
+      b = _mm512_mask_add_pd(b, even1, b, _mm512_permutexvar_pd(hi_idx, cv));
+      _mm512_mask_storeu_pd(r, k0, a);
+      _mm512_mask_storeu_pd(r + 8, k1, b);
+    }
+  }
+}
+#endif
+
+template <typename T>
+void col2im(const T* col, const Conv2dShape& s, T* x) {
+  const int64_t oh_n = (s.height + 2 * s.pad - s.kernel_h) / s.stride + 1;
+  const int64_t ow_n = (s.width + 2 * s.pad - s.kernel_w) / s.stride + 1;
+  const int64_t image = s.channels * s.height * s.width;
+  [[maybe_unused]] const T* const end = x + image;
+  for (int64_t i = 0; i < image; ++i) x[i] = T(0);
+  for (int64_t c = 0; c < s.channels; ++c) {
+    T* plane = x + c * s.height * s.width;
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+        int64_t w_lo, w_hi;
+        tap_range(kw, s.pad, s.stride, s.width, ow_n, &w_lo, &w_hi);
+        const int64_t iw0 = w_lo * s.stride - s.pad + kw;
+        for (int64_t oh = 0; oh < oh_n; ++oh, col += ow_n) {
+          const int64_t ih = oh * s.stride - s.pad + kh;
+          if (ih < 0 || ih >= s.height || w_hi <= w_lo) continue;
+          T* row = plane + ih * s.width + iw0;
+#if defined(PYCONV_ISA_AVX512)
+          if (s.stride <= 2) {
+            add_taps(col + w_lo, s.stride, w_hi - w_lo, row, end);
+            continue;
+          }
+#endif
+          for (int64_t ow = w_lo; ow < w_hi; ++ow) row[(ow - w_lo) * s.stride] += col[ow];
+        }
+      }
+    }
+  }
+}
+
 // ---- The five loops ------------------------------------------------------------
 template <typename T>
 struct Problem {
@@ -721,11 +823,11 @@ BlockSizes block_sizes() {  // the wide configuration's (reported by config())
 
 GemmImpl<float> make_gemm_float() {
   return {PYCONV_ISA_NAME, block_sizes<float>(), &workspace_elems<float>, &run<float>,
-          &pack_im2col<float>};
+          &pack_im2col<float>, &col2im<float>};
 }
 GemmImpl<double> make_gemm_double() {
   return {PYCONV_ISA_NAME, block_sizes<double>(), &workspace_elems<double>, &run<double>,
-          &pack_im2col<double>};
+          &pack_im2col<double>, &col2im<double>};
 }
 
 }  // namespace PYCONV_ISA

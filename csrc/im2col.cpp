@@ -9,32 +9,6 @@
 namespace pyconv {
 
 template <typename T>
-void col2im_image(const T* col, const Conv2dShape& s, T* x) {
-  const std::int64_t oh_n = s.out_h(), ow_n = s.out_w();
-  std::fill(x, x + s.channels * s.height * s.width, T(0));
-  for (std::int64_t c = 0; c < s.channels; ++c) {
-    T* plane = x + c * s.height * s.width;
-    for (std::int64_t kh = 0; kh < s.kernel_h; ++kh) {
-      for (std::int64_t kw = 0; kw < s.kernel_w; ++kw) {
-        std::int64_t w_lo, w_hi;
-        tap_range(kw, s.pad, s.stride, s.width, ow_n, &w_lo, &w_hi);
-        const std::int64_t iw0 = w_lo * s.stride - s.pad + kw;
-        for (std::int64_t oh = 0; oh < oh_n; ++oh, col += ow_n) {
-          const std::int64_t ih = oh * s.stride - s.pad + kh;
-          if (ih < 0 || ih >= s.height) continue;
-          T* row = plane + ih * s.width + iw0;
-          if (s.stride == 1) {
-            for (std::int64_t ow = w_lo; ow < w_hi; ++ow) row[ow - w_lo] += col[ow];
-          } else {
-            for (std::int64_t ow = w_lo; ow < w_hi; ++ow) row[(ow - w_lo) * s.stride] += col[ow];
-          }
-        }
-      }
-    }
-  }
-}
-
-template <typename T>
 void im2col_rows(const T* x, const Conv2dShape& s, T* col) {
   const std::int64_t oh_n = s.out_h(), ow_n = s.out_w();
   const std::int64_t ckk = s.col_rows();
@@ -87,8 +61,6 @@ void col2im_rows(const T* col, const Conv2dShape& s, T* x) {
   }
 }
 
-template void col2im_image<float>(const float*, const Conv2dShape&, float*);
-template void col2im_image<double>(const double*, const Conv2dShape&, double*);
 template void im2col_rows<float>(const float*, const Conv2dShape&, float*);
 template void im2col_rows<double>(const double*, const Conv2dShape&, double*);
 template void col2im_rows<float>(const float*, const Conv2dShape&, float*);

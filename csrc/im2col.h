@@ -27,12 +27,6 @@ static inline void tap_range(std::int64_t k, std::int64_t pad, std::int64_t stri
   *hi = h < l ? l : h;
 }
 
-// x (C x H x W) <- adjoint of the column matrix of one image (C*KH*KW x OH*OW,
-// as GemmImpl::pack_im2col writes it): zeroes x, then accumulates every
-// column entry into the pixel it came from (padding entries are dropped).
-template <typename T>
-void col2im_image(const T* col, const Conv2dShape& s, T* x);
-
 // One image whose column matrix GemmImpl::pack_im2col (compiled per ISA in
 // gemm_kernels.h) writes: straight into GEMM B panels in the forward, or as
 // the whole matrix (nr = OH*OW) for the backward.
