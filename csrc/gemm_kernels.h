@@ -350,73 +350,144 @@ void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs,
 }
 
 
+// ---- Row segments of im2col and col2im ---------------------------------------
+// copy_taps: d[q] = row[q * stride] for q in [lo, hi) (a segment of an im2col
+// row; writes only d[lo, hi)). add_taps: row[i * stride] += c[i] for i in
+// [0, n) (its adjoint). On AVX-512, strides 1 and 2 go by 64-byte vectors, a
+// stride-2 segment as the even lanes of two (14 taps at stride 2 in a 28 -> 14
+// layer: no scalar loop, no gather). Image vectors are whole while they end at
+// or before `end` (the image's end; add_taps then writes untouched lanes back
+// unchanged, as one thread owns the image) and masked past it: a masked load
+// whose dropped lanes cross a page takes a microcode assist on AMD cores,
+// measured as most of the stride-2 copy when every load was masked.
 #if defined(PYCONV_ISA_AVX512)
-// d[q] = row[q * stride] for q in [lo, hi), stride 1 or 2, in 64-byte loads
-// and masked stores: a row segment of an im2col panel (14 taps at stride 2 in
-// a 28 -> 14 downsampling layer) without a scalar loop or a strided gather.
-// Writes only d[lo, hi); reads from row[lo*stride] on, whole vectors while
-// they end at or before `end` (the image's end), masked loads after that.
-template <int L>
-inline unsigned lane_mask(int64_t n) {  // the low min(n, L) bits
-  return n >= L ? (L == 16 ? 0xFFFFu : 0xFFu) : (1u << n) - 1u;
-}
-
-inline void copy_taps(const float* row, int64_t stride, int64_t lo, int64_t hi, float* d,
-                      const float* end) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28,
-                                         30);
-  for (int64_t q = lo; q < hi; q += 16) {
-    const int64_t n = min64(16, hi - q);
-    const float* src = row + stride * q;
-    // Whole-vector loads while they stay inside the image (lanes past the
-    // segment are discarded): a masked load whose dropped lanes cross a page
-    // costs a microcode assist on AMD cores, measured as most of this loop.
-    const bool whole = src + 16 * stride <= end;
-    __m512 v;
-    if (stride == 1) {
-      v = whole ? _mm512_loadu_ps(src)
-                : _mm512_maskz_loadu_ps(static_cast<__mmask16>(lane_mask<16>(n)), src);
-    } else {  // 2n - 1 inputs from row[2q]: even lanes of two vectors
-      const int64_t span = 2 * n - 1;
-      const __m512 a =
-          whole ? _mm512_loadu_ps(src)
-                : _mm512_maskz_loadu_ps(static_cast<__mmask16>(lane_mask<16>(span)), src);
-      const __m512 b =
-          whole ? _mm512_loadu_ps(src + 16)
-                : _mm512_maskz_loadu_ps(
-                      static_cast<__mmask16>(span > 16 ? lane_mask<16>(span - 16) : 0u), src + 16);
-      v = _mm512_permutex2var_ps(a, even, b);
-    }
-    _mm512_mask_storeu_ps(d + q, static_cast<__mmask16>(lane_mask<16>(n)), v);
+template <typename T>
+struct Zmm;  // the AVX-512 operations the segment loops need, per element type
+template <>
+struct Zmm<float> {
+  static constexpr int L = 16;
+  using V = __m512;
+  using K = __mmask16;
+  static K mask(int64_t n) {  // the low min(max(n, 0), L) lanes
+    return static_cast<K>(n >= L ? 0xFFFFu : n <= 0 ? 0u : (1u << n) - 1u);
   }
-}
-
-inline void copy_taps(const double* row, int64_t stride, int64_t lo, int64_t hi, double* d,
-                      const double* end) {
-  const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
-  for (int64_t q = lo; q < hi; q += 8) {
-    const int64_t n = min64(8, hi - q);
-    const double* src = row + stride * q;
-    const bool whole = src + 8 * stride <= end;
-    __m512d v;
-    if (stride == 1) {
-      v = whole ? _mm512_loadu_pd(src)
-                : _mm512_maskz_loadu_pd(static_cast<__mmask8>(lane_mask<8>(n)), src);
-    } else {
-      const int64_t span = 2 * n - 1;
-      const __m512d a =
-          whole ? _mm512_loadu_pd(src)
-                : _mm512_maskz_loadu_pd(static_cast<__mmask8>(lane_mask<8>(span)), src);
-      const __m512d b =
-          whole ? _mm512_loadu_pd(src + 8)
-                : _mm512_maskz_loadu_pd(
-                      static_cast<__mmask8>(span > 8 ? lane_mask<8>(span - 8) : 0u), src + 8);
-      v = _mm512_permutex2var_pd(a, even, b);
-    }
-    _mm512_mask_storeu_pd(d + q, static_cast<__mmask8>(lane_mask<8>(n)), v);
+  static K even_lanes() { return static_cast<K>(0x5555u); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V load(K k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static void store(float* p, K k, V v) { _mm512_mask_storeu_ps(p, k, v); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V add(K k, V a, V b) { return _mm512_mask_add_ps(a, k, a, b); }  // a + b in lanes k
+  static V evens(V a, V b) {  // lanes 0, 2, ... of concat(a, b)
+    return _mm512_permutex2var_ps(
+        a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
   }
-}
+  static V spread_low(V c) {  // c[i] at lane 2i, i < L/2
+    return _mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), c);
+  }
+  static V spread_high(V c) {  // c[L/2 + i] at lane 2i
+    return _mm512_permutexvar_ps(
+        _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15), c);
+  }
+};
+template <>
+struct Zmm<double> {
+  static constexpr int L = 8;
+  using V = __m512d;
+  using K = __mmask8;
+  static K mask(int64_t n) {
+    return static_cast<K>(n >= L ? 0xFFu : n <= 0 ? 0u : (1u << n) - 1u);
+  }
+  static K even_lanes() { return static_cast<K>(0x55u); }
+  static V load(const double* p) { return _mm512_loadu_pd(p); }
+  static V load(K k, const double* p) { return _mm512_maskz_loadu_pd(k, p); }
+  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static void store(double* p, K k, V v) { _mm512_mask_storeu_pd(p, k, v); }
+  static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static V add(K k, V a, V b) { return _mm512_mask_add_pd(a, k, a, b); }
+  static V evens(V a, V b) {
+    return _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b);
+  }
+  static V spread_low(V c) {
+    return _mm512_permutexvar_pd(_mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3), c);
+  }
+  static V spread_high(V c) {
+    return _mm512_permutexvar_pd(_mm512_setr_epi64(4, 4, 5, 5, 6, 6, 7, 7), c);
+  }
+};
 #endif
+
+template <typename T>
+inline void copy_taps(const T* __restrict row, int64_t stride, int64_t lo, int64_t hi,
+                      T* __restrict d, [[maybe_unused]] const T* end) {
+#if defined(PYCONV_ISA_AVX512)
+  if (stride <= 2) {
+    using Z = Zmm<T>;
+    constexpr int L = Z::L;
+    for (int64_t q = lo; q < hi; q += L) {
+      const int64_t n = min64(L, hi - q);
+      const T* src = row + stride * q;
+      const bool whole = src + L * stride <= end;
+      typename Z::V v;
+      if (stride == 1) {
+        v = whole ? Z::load(src) : Z::load(Z::mask(n), src);
+      } else {  // 2n - 1 inputs from row[2q]
+        const int64_t span = 2 * n - 1;
+        v = whole ? Z::evens(Z::load(src), Z::load(src + L))
+                  : Z::evens(Z::load(Z::mask(span), src), Z::load(Z::mask(span - L), src + L));
+      }
+      Z::store(d + q, Z::mask(n), v);
+    }
+    return;
+  }
+#endif
+  if (stride == 1) {
+    for (int64_t q = lo; q < hi; ++q) d[q] = row[q];
+  } else {
+    for (int64_t q = lo; q < hi; ++q) d[q] = row[q * stride];
+  }
+}
+
+template <typename T>
+inline void add_taps(const T* __restrict c, int64_t stride, int64_t n, T* __restrict row,
+                     [[maybe_unused]] const T* end) {
+#if defined(PYCONV_ISA_AVX512)
+  if (stride <= 2) {
+    using Z = Zmm<T>;
+    constexpr int L = Z::L;
+    for (int64_t q = 0; q < n; q += L) {
+      const int64_t m = min64(L, n - q);
+      const typename Z::V cv = Z::load(Z::mask(m), c + q);
+      T* r = row + stride * q;
+      const bool whole = r + L * stride <= end;
+      if (stride == 1) {
+        if (whole)
+          Z::store(r, Z::add(Z::load(r), cv));
+        else
+          Z::store(r, Z::mask(m), Z::add(Z::load(Z::mask(m), r), cv));
+        continue;
+      }
+      // r[2i], i < m: the even lanes of two vectors spanning 2m - 1 elements.
+      const int64_t span = 2 * m - 1;
+      const typename Z::K k0 = Z::mask(span), k1 = Z::mask(span - L);
+      typename Z::V lo_v = whole ? Z::load(r) : Z::load(k0, r);
+      typename Z::V hi_v = whole ? Z::load(r + L) : Z::load(k1, r + L);
+      lo_v = Z::add(static_cast<typename Z::K>(Z::even_lanes() & k0), lo_v, Z::spread_low(cv));
+      hi_v = Z::add(static_cast<typename Z::K>(Z::even_lanes() & k1), hi_v, Z::spread_high(cv));
+      if (whole) {
+        Z::store(r, lo_v);
+        Z::store(r + L, hi_v);
+      } else {
+        Z::store(r, k0, lo_v);
+        Z::store(r + L, k1, hi_v);
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; ++i) row[i * stride] += c[i];
+}
 
 // ---- im2col packed straight into B panels ------------------------------------
 // B = the column matrix of one image (row r = (c, kh, kw), column j = (oh, ow))
@@ -430,7 +501,7 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
                  int64_t nr, T* dst) {
   const Im2colPanels<T>& panels = *static_cast<const Im2colPanels<T>*>(ctx);
   const Conv2dShape& s = panels.s;
-  [[maybe_unused]] const T* const image_end = panels.x + s.channels * s.height * s.width;
+  const T* const image_end = panels.x + s.channels * s.height * s.width;
   const int64_t oh_n = (s.height + 2 * s.pad - s.kernel_h) / s.stride + 1;
   const int64_t ow_n = (s.width + 2 * s.pad - s.kernel_w) / s.stride + 1;
   const int64_t oh0 = j0 / ow_n, ow0 = j0 % ow_n;
@@ -469,17 +540,8 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
         if (hi < lo) hi = lo;
       }
       for (int64_t q = ow; q < lo; ++q) d[q] = T(0);
-      const T* __restrict row = plane + ih * s.width - s.pad + kw;  // row[ow'*stride]
-#if defined(PYCONV_ISA_AVX512)
-      if (s.stride <= 2) {
-        copy_taps(row, s.stride, lo, hi, d, image_end);
-      } else
-#endif
-      if (s.stride == 1) {
-        for (int64_t q = lo; q < hi; ++q) d[q] = row[q];
-      } else {
-        for (int64_t q = lo; q < hi; ++q) d[q] = row[q * s.stride];
-      }
+      const T* row = plane + ih * s.width - s.pad + kw;  // row[ow'*stride]
+      copy_taps(row, s.stride, lo, hi, d, image_end);
       for (int64_t q = hi; q < end; ++q) d[q] = T(0);
       done += seg;
       ow = 0;
@@ -497,82 +559,12 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
 }
 
 // ---- col2im, the adjoint of pack_im2col ------------------------------------------
-#if defined(PYCONV_ISA_AVX512)
-// row[i * stride] += c[i] for i in [0, n), stride 1 or 2. Whole vectors of the
-// image row are loaded and stored back (lanes not added to are rewritten
-// unchanged: one thread owns the image) while they end at or before `end`;
-// masked loads and stores near the end, where a vector would leave the image.
-inline void add_taps(const float* c, int64_t stride, int64_t n, float* row, const float* end) {
-  const __m512i lo_idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-  const __m512i hi_idx = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14,
-                                           15, 15);
-  for (int64_t q = 0; q < n; q += 16) {
-    const int64_t m = min64(16, n - q);
-    const __mmask16 km = static_cast<__mmask16>(lane_mask<16>(m));
-    const __m512 cv = _mm512_maskz_loadu_ps(km, c + q);
-    float* r = row + stride * q;
-    const bool whole = r + 16 * stride <= end;
-    if (stride == 1) {
-      const __mmask16 k = whole ? static_cast<__mmask16>(0xFFFF) : km;
-      _mm512_mask_storeu_ps(r, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, r), cv));
-    } else {  // elements r[2i], i < m: even lanes of two vectors (span 2m - 1)
-      const int64_t span = 2 * m - 1;
-      const __mmask16 k0 = whole ? static_cast<__mmask16>(0xFFFF)
-                                 : static_cast<__mmask16>(lane_mask<16>(span));
-      const __mmask16 k1 = whole ? static_cast<__mmask16>(0xFFFF)
-                                 : static_cast<__mmask16>(span > 16 ? lane_mask<16>(span - 16) : 0u);
-      const __mmask16 even0 = static_cast<__mmask16>(0x5555u & lane_mask<16>(span));
-      const __mmask16 even1 =
-          static_cast<__mmask16>(0x5555u & (span > 16 ? lane_mask<16>(span - 16) : 0u));
-      __m512 a = _mm512_maskz_loadu_ps(k0, r);
-      __m512 b = _mm512_maskz_loadu_ps(k1, r + 16);
-      a = _mm512_mask_add_ps(a, even0, a, _mm512_permutexvar_ps(lo_idx, cv));
-      b = _mm512_mask_add_ps(b, even1, b, _mm512_permutexvar_ps(hi_idx, cv));
-      _mm512_mask_storeu_ps(r, k0, a);
-      _mm512_mask_storeu_ps(r + 16, k1, b);
-    }
-  }
-}
-
-inline void add_taps(const double* c, int64_t stride, int64_t n, double* row,
-                     const double* end) {
-  const __m512i lo_idx = _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3);
-  const __m512i hi_idx = _mm512_setr_epi64(4, 4, 5, 5, 6, 6, 7, 7);
-  for (int64_t q = 0; q < n; q += 8) {
-    const int64_t m = min64(8, n - q);
-    const __mmask8 km = static_cast<__mmask8>(lane_mask<8>(m));
-    const __m512d cv = _mm512_maskz_loadu_pd(km, c + q);
-    double* r = row + stride * q;
-    const bool whole = r + 8 * stride <= end;
-    if (stride == 1) {
-      const __mmask8 k = whole ? static_cast<__mmask8>(0xFF) : km;
-      _mm512_mask_storeu_pd(r, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, r), cv));
-    } else {
-      const int64_t span = 2 * m - 1;
-      const __mmask8 k0 =
-          whole ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>(lane_mask<8>(span));
-      const __mmask8 k1 = whole ? static_cast<__mmask8>(0xFF)
-                                : static_cast<__mmask8>(span > 8 ? lane_mask<8>(span - 8) : 0u);
-      const __mmask8 even0 = static_cast<__mmask8>(0x55u & lane_mask<8>(span));
-      const __mmask8 even1 =
-          static_cast<__mmask8>(0x55u & (span > 8 ? lane_mask<8>(span - 8) : 0u));
-      __m512d a = _mm512_maskz_loadu_pd(k0, r);
-      __m512d b = _mm512_maskz_loadu_pd(k1, r + 8);
-      a = _mm512_mask_add_pd(a, even0, a, _mm512_permutexvar_pd(lo_idx, cv));
-      b = _mm512_mask_add_pd(b, even1, b, _mm512_permutexvar_pd(hi_idx, cv));
-      _mm512_mask_storeu_pd(r, k0, a);
-      _mm512_mask_storeu_pd(r + 8, k1, b);
-    }
-  }
-}
-#endif
-
 template <typename T>
 void col2im(const T* col, const Conv2dShape& s, T* x) {
   const int64_t oh_n = (s.height + 2 * s.pad - s.kernel_h) / s.stride + 1;
   const int64_t ow_n = (s.width + 2 * s.pad - s.kernel_w) / s.stride + 1;
   const int64_t image = s.channels * s.height * s.width;
-  [[maybe_unused]] const T* const end = x + image;
+  const T* const end = x + image;
   for (int64_t i = 0; i < image; ++i) x[i] = T(0);
   for (int64_t c = 0; c < s.channels; ++c) {
     T* plane = x + c * s.height * s.width;
@@ -584,14 +576,7 @@ void col2im(const T* col, const Conv2dShape& s, T* x) {
         for (int64_t oh = 0; oh < oh_n; ++oh, col += ow_n) {
           const int64_t ih = oh * s.stride - s.pad + kh;
           if (ih < 0 || ih >= s.height || w_hi <= w_lo) continue;
-          T* row = plane + ih * s.width + iw0;
-#if defined(PYCONV_ISA_AVX512)
-          if (s.stride <= 2) {
-            add_taps(col + w_lo, s.stride, w_hi - w_lo, row, end);
-            continue;
-          }
-#endif
-          for (int64_t ow = w_lo; ow < w_hi; ++ow) row[(ow - w_lo) * s.stride] += col[ow];
+          add_taps(col + w_lo, s.stride, w_hi - w_lo, plane + ih * s.width + iw0, end);
         }
       }
     }
