@@ -153,15 +153,17 @@ Conv2dShape check_conv2d(const char* op, const py::array& x, const py::array& w,
 
 template <typename T>
 Arr<T> new_array(std::initializer_list<int64_t> shape) {
-  // NumPy's own rule: the size in bytes (zero dimensions aside) fits int64.
+  // NumPy's own rule: the size in bytes (zero dimensions aside) fits int64;
+  // an empty array (a zero dimension) holds nothing, whatever the others.
   int64_t bytes = sizeof(T);
-  for (int64_t d : shape)
+  bool empty = false;
+  for (int64_t d : shape) {
+    empty |= d == 0;
     if (d != 0 && __builtin_mul_overflow(bytes, d, &bytes))
       fail("the output array is too large (its size in bytes overflows int64)");
+  }
+  if (empty) bytes = 0;
   std::vector<py::ssize_t> dims(shape.begin(), shape.end());
-  // An empty array (a zero dimension) holds nothing, whatever the others.
-  for (int64_t d : shape)
-    if (d == 0) bytes = 0;
   // 64-byte aligned (NumPy's allocator gives 16): the next kernel that reads
   // this output loads whole cache lines, and vector loads never split one.
   // Large blocks are recycled through the output cache (runtime.h).

@@ -13,8 +13,8 @@ import os as _os
 # when it loads, i.e. on the import of _core just below; a user's own setting wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import (  # noqa: E402  # noqa: E402  (plot: matplotlib on use)
-    _core,  # noqa: E402
+from . import (  # noqa: E402  (plot imports matplotlib only when used)
+    _core,
     datasets,
     functional,
     functions,
