@@ -34,6 +34,15 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   p.team = over_images ? static_cast<int>(nt) : 1;
   p.gemm_threads = over_images ? 1 : static_cast<int>(nt);
   p.direct = s.kernel_h == 1 && s.kernel_w == 1 && s.stride == 1 && s.pad == 0;
+  // im2col from a zero-padded copy of the image (im2col.h) unless that copy
+  // would be large (a huge image or pad): it costs C*(H+2p)*(W+2p) elements
+  // per thread, at most 16 MiB (ImageNet's 64 x 230 x 230 float32 is 13.5).
+  // Computed in double: pad may be large enough to overflow int64 here.
+  const double pad_bytes = static_cast<double>(sizeof(T)) * static_cast<double>(s.channels) *
+                           (static_cast<double>(s.height) + 2.0 * static_cast<double>(s.pad)) *
+                           (static_cast<double>(s.width) + 2.0 * static_cast<double>(s.pad));
+  p.padded = !p.direct && pad_bytes <= 16.0 * 1024 * 1024;
+  p.pad_elems = p.padded ? padded_image_elems(s) : 0;
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
   // The forward packs im2col straight into the GEMM's B panels; only the
   // backward writes a column matrix (for dW, then reused for dx's columns).
@@ -48,10 +57,10 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   // Every slice starts on a 64-byte boundary: the micro-kernels load packed
   // panels with aligned vector loads.
   constexpr std::int64_t line = 64 / static_cast<std::int64_t>(sizeof(T));
-  for (std::int64_t* e : {&p.col_elems, &p.gemm_elems, &p.partial_elems})
+  for (std::int64_t* e : {&p.pad_elems, &p.col_elems, &p.gemm_elems, &p.partial_elems})
     *e = (*e + line - 1) / line * line;
   p.bytes = static_cast<std::int64_t>(sizeof(T)) * p.team *
-            (p.col_elems + p.gemm_elems + p.partial_elems);
+            (p.pad_elems + p.col_elems + p.gemm_elems + p.partial_elems);
   return p;
 }
 
@@ -63,10 +72,11 @@ struct Scratch {  // one slab, sliced per team thread
   Workspace slab;
   const ConvPlan& plan;
   explicit Scratch(const ConvPlan& p)
-      : stride(p.col_elems + p.gemm_elems + p.partial_elems),
+      : stride(p.pad_elems + p.col_elems + p.gemm_elems + p.partial_elems),
         slab(static_cast<std::size_t>(p.team * stride) * sizeof(T)),
         plan(p) {}
-  T* col(int t) const { return static_cast<T*>(slab.data()) + t * stride; }
+  T* pad(int t) const { return static_cast<T*>(slab.data()) + t * stride; }
+  T* col(int t) const { return pad(t) + plan.pad_elems; }
   T* gemm(int t) const { return col(t) + plan.col_elems; }
   T* partial(int t) const { return gemm(t) + plan.gemm_elems; }
 };
@@ -95,11 +105,19 @@ inline void image_range(std::int64_t batch, int team, int t, std::int64_t* lo,
   *hi = batch * (t + 1) / team;
 }
 
+// The im2col source of image x_n: padded into xp when the plan says so.
+template <typename T>
+Im2colPanels<T> im2col_source(const T* x_n, const Conv2dShape& s, const ConvPlan& p, T* xp) {
+  if (!p.padded) return {x_n, s, nullptr};
+  pad_image(x_n, s, xp);
+  return {x_n, s, xp};
+}
+
 template <typename T>
 void forward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* b,
-                   const Conv2dShape& s, const ConvPlan& p, T* work, T* y_n) {
+                   const Conv2dShape& s, const ConvPlan& p, T* xp, T* work, T* y_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
-  const Im2colPanels<T> panels{x_n, s};
+  const Im2colPanels<T> panels = im2col_source(x_n, s, p, xp);
   const PackB<T> packer{g.pack_im2col, &panels};
   for (std::int64_t i = 0; i < f; ++i) std::fill(y_n + i * cols, y_n + (i + 1) * cols, b[i]);
   g.run(f, cols, ckk, T(1), MatRef<T>{w, f, ckk, ckk, 1},
@@ -112,12 +130,12 @@ void forward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* b,
 // transposed B gathered across rows. db (+)= row sums of dy_n. dx_n when wanted.
 template <typename T>
 void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* dy_n,
-                    const Conv2dShape& s, const ConvPlan& p, bool first, T* col, T* work,
-                    T* dwt, T* db, T* dx_n) {
+                    const Conv2dShape& s, const ConvPlan& p, bool first, T* xp, T* col,
+                    T* work, T* dwt, T* db, T* dx_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
   const T* src = x_n;
   if (!p.direct) {  // the whole column matrix, by the GEMM's own im2col packer
-    const Im2colPanels<T> panels{x_n, s};
+    const Im2colPanels<T> panels = im2col_source(x_n, s, p, xp);
     g.pack_im2col(&panels, 0, ckk, 0, cols, cols, col);
     src = col;
   }
@@ -148,7 +166,8 @@ void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T*
   const std::int64_t y_img = s.filters * s.col_cols();
   if (p.team == 1) {
     for (std::int64_t n = 0; n < s.batch; ++n)
-      forward_image(g, x + n * x_img, w, b, s, p, scratch.gemm(0), y + n * y_img);
+      forward_image(g, x + n * x_img, w, b, s, p, scratch.pad(0), scratch.gemm(0),
+                    y + n * y_img);
     return;
   }
   TeamJoin join;
@@ -160,7 +179,8 @@ void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T*
 #endif
 #pragma omp for schedule(dynamic, 1) nowait
     for (std::int64_t n = 0; n < s.batch; ++n)
-      forward_image(g, x + n * x_img, w, b, s, p, scratch.gemm(t), y + n * y_img);
+      forward_image(g, x + n * x_img, w, b, s, p, scratch.pad(t), scratch.gemm(t),
+                    y + n * y_img);
     join.arrive();
   }
 }
@@ -192,8 +212,8 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
       return;
     }
     for (std::int64_t n = lo; n < hi; ++n)
-      backward_image(g, x + n * x_img, w, dy + n * y_img, s, p, n == lo, scratch.col(t),
-                     scratch.gemm(t), pw, pb,
+      backward_image(g, x + n * x_img, w, dy + n * y_img, s, p, n == lo, scratch.pad(t),
+                     scratch.col(t), scratch.gemm(t), pw, pb,
                      dx ? dx + n * x_img : nullptr);
   };
   auto reduce = [&](std::int64_t i) {  // element i of [dw, db]

@@ -16,6 +16,8 @@ struct ConvPlan {
   int team;          // threads splitting the batch (1: images in order)
   int gemm_threads;  // threads inside each GEMM (1 when team > 1)
   bool direct;       // 1x1 kernel, stride 1, no padding: col_n is x_n itself
+  bool padded;       // im2col reads a zero-padded copy of each image (pad_image)
+  std::int64_t pad_elems;       // per team thread: that copy
   std::int64_t col_elems;       // per team thread
   std::int64_t gemm_elems;      // per team thread: GEMM scratch of its GEMM threads
   std::int64_t partial_elems;   // per team thread: dW and db partial sums

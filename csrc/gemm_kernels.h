@@ -489,6 +489,34 @@ inline void add_taps(const T* __restrict c, int64_t stride, int64_t n, T* __rest
   for (int64_t i = 0; i < n; ++i) row[i * stride] += c[i];
 }
 
+// copy_run: d[q] = src[q * stride] for q in [0, n), from a padded image
+// (im2col.h): whole-vector loads may read up to kPadSlack elements past the
+// last tap, so nothing is bounded or masked but the last store.
+template <typename T>
+inline void copy_run(const T* __restrict src, int64_t stride, int64_t n, T* __restrict d) {
+  int64_t q = 0;
+#if defined(PYCONV_ISA_AVX512)
+  using Z = Zmm<T>;
+  constexpr int L = Z::L;
+  if (stride == 1) {
+    for (; q + L <= n; q += L) Z::store(d + q, Z::load(src + q));
+    if (q < n) Z::store(d + q, Z::mask(n - q), Z::load(src + q));
+    return;
+  }
+  if (stride == 2) {
+    for (; q + L <= n; q += L) Z::store(d + q, Z::evens(Z::load(src + 2 * q), Z::load(src + 2 * q + L)));
+    if (q < n)
+      Z::store(d + q, Z::mask(n - q), Z::evens(Z::load(src + 2 * q), Z::load(src + 2 * q + L)));
+    return;
+  }
+#endif
+  if (stride == 1) {
+    for (; q < n; ++q) d[q] = src[q];
+  } else {
+    for (; q < n; ++q) d[q] = src[q * stride];
+  }
+}
+
 // ---- im2col packed straight into B panels ------------------------------------
 // B = the column matrix of one image (row r = (c, kh, kw), column j = (oh, ow))
 // without writing it: rows [pc, pc+kc) x columns [j0, j0+n_cur) into dst as kc
@@ -505,6 +533,33 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
   const int64_t oh_n = (s.height + 2 * s.pad - s.kernel_h) / s.stride + 1;
   const int64_t ow_n = (s.width + 2 * s.pad - s.kernel_w) / s.stride + 1;
   const int64_t oh0 = j0 / ow_n, ow0 = j0 % ow_n;
+  int64_t kw = pc % s.kernel_w, kh = (pc / s.kernel_w) % s.kernel_h;
+  int64_t c = pc / (s.kernel_w * s.kernel_h);
+  if (panels.xp != nullptr) {
+    // Padded image: tap (c, kh, kw) of output (oh, ow) is at row oh*stride +
+    // kh, column ow*stride + kw of plane c; each output row is one run.
+    const int64_t wp = s.width + 2 * s.pad, plane = (s.height + 2 * s.pad) * wp;
+    const int64_t row_step = s.stride * wp;
+    for (int64_t p = 0; p < kc; ++p, dst += nr) {
+      const T* row = panels.xp + c * plane + (oh0 * s.stride + kh) * wp + kw;
+      int64_t done = 0, seg = min64(ow_n - ow0, n_cur);
+      copy_run(row + ow0 * s.stride, s.stride, seg, dst);
+      for (done = seg; done < n_cur; done += seg) {  // later runs start at ow = 0
+        row += row_step;
+        seg = min64(ow_n, n_cur - done);
+        copy_run(row, s.stride, seg, dst + done);
+      }
+      for (int64_t q = n_cur; q < nr; ++q) dst[q] = T(0);
+      if (++kw == s.kernel_w) {
+        kw = 0;
+        if (++kh == s.kernel_h) {
+          kh = 0;
+          ++c;
+        }
+      }
+    }
+    return;
+  }
   // Output columns [lo, hi) whose tap kw reads inside the row: ow*stride -
   // pad + kw in [0, width). Cached for small kernels (the divisions cost more
   // than a short row copy).
@@ -515,9 +570,7 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
   };
   const bool cached = s.kernel_w <= kCache;
   if (cached)
-    for (int64_t kw = 0; kw < s.kernel_w; ++kw) range(kw, &lo_of[kw], &hi_of[kw]);
-  int64_t kw = pc % s.kernel_w, kh = (pc / s.kernel_w) % s.kernel_h;
-  int64_t c = pc / (s.kernel_w * s.kernel_h);
+    for (int64_t w = 0; w < s.kernel_w; ++w) range(w, &lo_of[w], &hi_of[w]);
   for (int64_t p = 0; p < kc; ++p, dst += nr) {
     const T* plane = panels.x + c * s.height * s.width;
     int64_t w_lo, w_hi;
@@ -623,16 +676,36 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
     for (int64_t pc = 0; pc < P.k; pc += KC) {  // loop 4: pc
       const int64_t kc_cur = min64(KC, P.k - pc);
       const T beta_cur = pc == 0 ? P.beta : T(1);
-      for (int64_t jp = 0; jp < n_panels; ++jp) {  // pack B: kc x NR panels
+      auto pack_b_at = [&](int64_t jp, T* dst) {  // panel jp: kc x NR
         const int64_t col = j0 + jc + jp * NR;
         const int64_t n_cur = min64(NR, j0 + nn - col);
-        T* dst = pack_b + jp * NR * kc_cur;
         if (P.packer != nullptr)
           P.packer->fill(P.packer->ctx, pc, kc_cur, col, n_cur, NR, dst);
         else
           pack_b_panel<C>(kc_cur, n_cur, P.b.data + pc * P.b.rs + col * P.b.cs, P.b.rs,
                           P.b.cs, dst);
+      };
+      if (mm <= MC) {
+        // One ic block (a convolution's F rows, say): pack A once, then each
+        // B panel just before its micro-kernels, into one panel's space, so
+        // the panel is used from L1 while it is warm and the source (the
+        // image an im2col packer reads) is not evicted by a whole packed
+        // block (c's forward: 1.6 MiB of panels, beyond L2). Same
+        // arithmetic in the same order as below.
+        for (int64_t ir = 0; ir < mm; ir += MR)
+          pack_a_panel<C>(kc_cur, min64(MR, mm - ir), P.a.data + (i0 + ir) * P.a.rs + pc * P.a.cs,
+                          P.a.rs, P.a.cs, pack_a + ir * kc_cur);
+        for (int64_t jp = 0; jp < n_panels; ++jp) {
+          const int64_t col = j0 + jc + jp * NR;
+          const int64_t n_cur = min64(NR, j0 + nn - col);
+          pack_b_at(jp, pack_b);
+          for (int64_t ir = 0; ir < mm; ir += MR)
+            micro_kernel_fit<C>(kc_cur, pack_a + ir * kc_cur, pack_b, P.c + (i0 + ir) * P.ldc + col,
+                                P.ldc, P.alpha, beta_cur, min64(MR, mm - ir), n_cur);
+        }
+        continue;
       }
+      for (int64_t jp = 0; jp < n_panels; ++jp) pack_b_at(jp, pack_b + jp * NR * kc_cur);
       for (int64_t ic = 0; ic < mm; ic += MC) {  // loop 3: ic
         const int64_t mc_cur = min64(MC, mm - ic);
         const int64_t row0 = i0 + ic;

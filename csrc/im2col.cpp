@@ -61,9 +61,31 @@ void col2im_rows(const T* col, const Conv2dShape& s, T* x) {
   }
 }
 
+template <typename T>
+void pad_image(const T* x, const Conv2dShape& s, T* xp) {
+  const std::int64_t wp = s.width + 2 * s.pad;
+  const std::int64_t border = s.pad * wp + s.pad;  // top rows + left pad of row 0
+  for (std::int64_t c = 0; c < s.channels; ++c) {
+    const T* src = x + c * s.height * s.width;
+    std::fill(xp, xp + border, T(0));
+    xp += border;
+    for (std::int64_t h = 0; h < s.height; ++h, src += s.width) {
+      std::copy(src, src + s.width, xp);
+      xp += s.width;
+      // this row's right pad, then the next row's left pad (or the bottom)
+      const std::int64_t gap = h + 1 < s.height ? 2 * s.pad : border;
+      std::fill(xp, xp + gap, T(0));
+      xp += gap;
+    }
+  }
+  std::fill(xp, xp + kPadSlack, T(0));
+}
+
 template void im2col_rows<float>(const float*, const Conv2dShape&, float*);
 template void im2col_rows<double>(const double*, const Conv2dShape&, double*);
 template void col2im_rows<float>(const float*, const Conv2dShape&, float*);
 template void col2im_rows<double>(const double*, const Conv2dShape&, double*);
+template void pad_image<float>(const float*, const Conv2dShape&, float*);
+template void pad_image<double>(const double*, const Conv2dShape&, double*);
 
 }  // namespace pyconv
