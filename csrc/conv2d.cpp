@@ -20,6 +20,20 @@ namespace pyconv {
 // thread count, or at least 4 images per thread (a leftover image then costs
 // at most 1/4 of a thread's work). Otherwise (N = 1 inference, N = 3 on two
 // threads) the threads share each image's GEMMs instead.
+Conv2dShape dx_shape(const Conv2dShape& s) {
+  return {s.batch, s.filters, s.out_h(), s.out_w(), s.channels, s.kernel_h, s.kernel_w, 1,
+          s.kernel_h - 1 - s.pad};
+}
+
+// Bytes of a zero-padded copy of one image of s, in double: a large pad can
+// overflow int64 here.
+template <typename T>
+double padded_bytes(const Conv2dShape& s) {
+  return static_cast<double>(sizeof(T)) * static_cast<double>(s.channels) *
+         (static_cast<double>(s.height) + 2.0 * static_cast<double>(s.pad)) *
+         (static_cast<double>(s.width) + 2.0 * static_cast<double>(s.pad));
+}
+
 template <typename T>
 ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, bool backward) {
   ConvPlan p{};
@@ -37,45 +51,59 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   // im2col from a zero-padded copy of the image (im2col.h) unless that copy
   // would be large (a huge image or pad): it costs C*(H+2p)*(W+2p) elements
   // per thread, at most 16 MiB (ImageNet's 64 x 230 x 230 float32 is 13.5).
-  // Computed in double: pad may be large enough to overflow int64 here.
-  const double pad_bytes = static_cast<double>(sizeof(T)) * static_cast<double>(s.channels) *
-                           (static_cast<double>(s.height) + 2.0 * static_cast<double>(s.pad)) *
-                           (static_cast<double>(s.width) + 2.0 * static_cast<double>(s.pad));
-  p.padded = !p.direct && pad_bytes <= 16.0 * 1024 * 1024;
-  p.pad_elems = p.padded ? padded_image_elems(s) : 0;
+  constexpr double kPadBudget = 16.0 * 1024 * 1024;
+  p.padded = !p.direct && padded_bytes<T>(s) <= kPadBudget;
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
+  // dx by convolving dy (stride 1): no dcol matrix (C*KH*KW x OH*OW) written
+  // and read back by col2im, which was 7-8% of c's and d's fwd+bwd (perf).
+  // The GEMM is C x H*W x F*KH*KW, so few channels would leave most of the
+  // micro-kernel's MR rows as padding (MNIST's C = 1: 1 of 6): those keep
+  // the column-matrix path, as do kernels whose two flipped pads differ.
+  const Conv2dShape sd = dx_shape(s);
+  p.dx_conv = backward && p.padded && s.stride == 1 && s.kernel_h == s.kernel_w &&
+              s.pad <= s.kernel_h - 1 && s.channels >= 16 && padded_bytes<T>(sd) <= kPadBudget;
+  p.flip_elems = p.dx_conv ? f * ckk : 0;
+  p.pad_elems = std::max(p.padded ? padded_image_elems(s) : 0,
+                         p.dx_conv ? padded_image_elems(sd) : 0);
   // The forward packs im2col straight into the GEMM's B panels; only the
-  // backward writes a column matrix (for dW, then reused for dx's columns).
+  // backward writes a column matrix (for dW, then reused for dx's columns
+  // unless dx_conv).
   p.col_elems = p.direct || !backward ? 0 : ckk * cols;
   // The largest of the GEMMs a call runs: forward (f, cols, ckk); backward
-  // weight, transposed (ckk, f, cols), and input (ckk, cols, f).
+  // weight, transposed (ckk, f, cols), and input: (ckk, cols, f), or
+  // dx_conv's (C, H*W, F*KH*KW).
   std::int64_t ws = g.workspace(f, cols, ckk);
-  if (backward)
-    ws = std::max({ws, g.workspace(ckk, f, cols), g.workspace(ckk, cols, f)});
+  if (backward) {
+    ws = std::max(ws, g.workspace(ckk, f, cols));
+    ws = std::max(ws, p.dx_conv ? g.workspace(s.channels, sd.col_cols(), sd.col_rows())
+                                : g.workspace(ckk, cols, f));
+  }
   p.gemm_elems = ws * p.gemm_threads;
   p.partial_elems = backward ? f * ckk + f : 0;
   // Every slice starts on a 64-byte boundary: the micro-kernels load packed
   // panels with aligned vector loads.
   constexpr std::int64_t line = 64 / static_cast<std::int64_t>(sizeof(T));
-  for (std::int64_t* e : {&p.pad_elems, &p.col_elems, &p.gemm_elems, &p.partial_elems})
+  for (std::int64_t* e :
+       {&p.flip_elems, &p.pad_elems, &p.col_elems, &p.gemm_elems, &p.partial_elems})
     *e = (*e + line - 1) / line * line;
-  p.bytes = static_cast<std::int64_t>(sizeof(T)) * p.team *
-            (p.pad_elems + p.col_elems + p.gemm_elems + p.partial_elems);
+  p.bytes = static_cast<std::int64_t>(sizeof(T)) *
+            (p.flip_elems + p.team * (p.pad_elems + p.col_elems + p.gemm_elems + p.partial_elems));
   return p;
 }
 
 namespace {
 
 template <typename T>
-struct Scratch {  // one slab, sliced per team thread
+struct Scratch {  // one slab: the call's flipped kernel, then a slice per team thread
   std::int64_t stride;
   Workspace slab;
   const ConvPlan& plan;
   explicit Scratch(const ConvPlan& p)
       : stride(p.pad_elems + p.col_elems + p.gemm_elems + p.partial_elems),
-        slab(static_cast<std::size_t>(p.team * stride) * sizeof(T)),
+        slab(static_cast<std::size_t>(p.flip_elems + p.team * stride) * sizeof(T)),
         plan(p) {}
-  T* pad(int t) const { return static_cast<T*>(slab.data()) + t * stride; }
+  T* flip() const { return static_cast<T*>(slab.data()); }
+  T* pad(int t) const { return flip() + plan.flip_elems + t * stride; }
   T* col(int t) const { return pad(t) + plan.pad_elems; }
   T* gemm(int t) const { return col(t) + plan.col_elems; }
   T* partial(int t) const { return gemm(t) + plan.gemm_elems; }
@@ -105,37 +133,59 @@ inline void image_range(std::int64_t batch, int team, int t, std::int64_t* lo,
   *hi = batch * (t + 1) / team;
 }
 
-// The im2col source of image x_n: padded into xp when the plan says so.
+// The im2col source of image x_n: padded into xp if `padded`.
 template <typename T>
-Im2colPanels<T> im2col_source(const T* x_n, const Conv2dShape& s, const ConvPlan& p, T* xp) {
-  if (!p.padded) return {x_n, s, nullptr};
+Im2colPanels<T> im2col_source(const T* x_n, const Conv2dShape& s, bool padded, T* xp) {
+  if (!padded) return {x_n, s, nullptr};
   pad_image(x_n, s, xp);
   return {x_n, s, xp};
+}
+
+// y_n = w * col(x_n) (+ b broadcast along rows unless b is null).
+template <typename T>
+void conv_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* b,
+                const Conv2dShape& s, bool padded, bool direct, int gemm_threads, T* xp,
+                T* work, T* y_n) {
+  const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
+  const Im2colPanels<T> panels = im2col_source(x_n, s, padded, xp);
+  const PackB<T> packer{g.pack_im2col, &panels};
+  if (b != nullptr)
+    for (std::int64_t i = 0; i < f; ++i) std::fill(y_n + i * cols, y_n + (i + 1) * cols, b[i]);
+  g.run(f, cols, ckk, T(1), MatRef<T>{w, f, ckk, ckk, 1}, MatRef<T>{x_n, ckk, cols, cols, 1},
+        b != nullptr ? T(1) : T(0), y_n, cols, work, gemm_threads, direct ? nullptr : &packer);
 }
 
 template <typename T>
 void forward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* b,
                    const Conv2dShape& s, const ConvPlan& p, T* xp, T* work, T* y_n) {
-  const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
-  const Im2colPanels<T> panels = im2col_source(x_n, s, p, xp);
-  const PackB<T> packer{g.pack_im2col, &panels};
-  for (std::int64_t i = 0; i < f; ++i) std::fill(y_n + i * cols, y_n + (i + 1) * cols, b[i]);
-  g.run(f, cols, ckk, T(1), MatRef<T>{w, f, ckk, ckk, 1},
-                     MatRef<T>{x_n, ckk, cols, cols, 1}, T(1), y_n, cols, work,
-                     p.gemm_threads, p.direct ? nullptr : &packer);
+  conv_image(g, x_n, w, b, s, p.padded, p.direct, p.gemm_threads, xp, work, y_n);
+}
+
+// wf (C x F x KH x KW) <- w (F x C x KH x KW) transposed in (F, C) and
+// flipped in both spatial axes: the kernel of dx_shape(s).
+template <typename T>
+void flip_kernel(const T* w, const Conv2dShape& s, T* wf) {
+  const std::int64_t kk = s.kernel_h * s.kernel_w;
+  for (std::int64_t c = 0; c < s.channels; ++c)
+    for (std::int64_t f = 0; f < s.filters; ++f) {
+      const T* src = w + (f * s.channels + c) * kk;
+      T* dst = wf + (c * s.filters + f) * kk;
+      for (std::int64_t i = 0; i < kk; ++i) dst[i] = src[kk - 1 - i];
+    }
 }
 
 // dwt (+)= col_n * dy_n^T, i.e. dW transposed (C*KH*KW x F): the column
 // matrix is then GEMM's A operand, packed from contiguous rows, instead of a
 // transposed B gathered across rows. db (+)= row sums of dy_n. dx_n when wanted.
+// wf: flip_kernel(w) when p.dx_conv.
 template <typename T>
-void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* dy_n,
-                    const Conv2dShape& s, const ConvPlan& p, bool first, T* xp, T* col,
-                    T* work, T* dwt, T* db, T* dx_n) {
+void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* wf,
+                    const T* dy_n, const Conv2dShape& s, const ConvPlan& p, bool first, T* xp,
+                    T* col, T* work, T* dwt, T* db, T* dx_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
   const T* src = x_n;
   if (!p.direct) {  // the whole column matrix, by the GEMM's own im2col packer
-    const Im2colPanels<T> panels = im2col_source(x_n, s, p, xp);
+    const Im2colPanels<T> panels = im2col_source(x_n, s, p.padded, xp);
     g.pack_im2col(&panels, 0, ckk, 0, cols, cols, col);
     src = col;
   }
@@ -147,6 +197,11 @@ void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* dy_
     db[i] = first ? sum : db[i] + sum;
   }
   if (dx_n == nullptr) return;
+  if (p.dx_conv) {  // xp is free again: it holds the padded dy_n
+    conv_image(g, dy_n, wf, static_cast<const T*>(nullptr), dx_shape(s), true, false,
+               p.gemm_threads, xp, work, dx_n);
+    return;
+  }
   // dcol = w^T * dy_n; col is free again, so it holds dcol.
   T* dcol = p.direct ? dx_n : col;
   g.run(ckk, cols, f, T(1), MatRef<T>{w, f, ckk, ckk, 1}.t(), MatRef<T>{dy_n, f, cols, cols, 1},
@@ -199,6 +254,11 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
   Scratch<T> scratch(p);
   const std::int64_t x_img = s.channels * s.height * s.width;
   const std::int64_t y_img = s.filters * s.col_cols();
+  const T* wf = nullptr;
+  if (p.dx_conv && dx != nullptr) {
+    flip_kernel(w, s, scratch.flip());
+    wf = scratch.flip();
+  }
   // Team thread t sums its contiguous block of images into its partial
   // (dW transposed, then db); the partials are added in thread order while
   // transposing into dw, so the result depends only on the team size.
@@ -212,7 +272,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
       return;
     }
     for (std::int64_t n = lo; n < hi; ++n)
-      backward_image(g, x + n * x_img, w, dy + n * y_img, s, p, n == lo, scratch.pad(t),
+      backward_image(g, x + n * x_img, w, wf, dy + n * y_img, s, p, n == lo, scratch.pad(t),
                      scratch.col(t), scratch.gemm(t), pw, pb,
                      dx ? dx + n * x_img : nullptr);
   };

@@ -17,12 +17,20 @@ struct ConvPlan {
   int gemm_threads;  // threads inside each GEMM (1 when team > 1)
   bool direct;       // 1x1 kernel, stride 1, no padding: col_n is x_n itself
   bool padded;       // im2col reads a zero-padded copy of each image (pad_image)
-  std::int64_t pad_elems;       // per team thread: that copy
+  bool dx_conv;      // backward: dx as a convolution of dy (dx_shape) with the
+                     // flipped kernel, not a column-matrix GEMM and col2im
+  std::int64_t flip_elems;      // once per call: that flipped kernel
+  std::int64_t pad_elems;       // per team thread: the padded copy (x or dy)
   std::int64_t col_elems;       // per team thread
   std::int64_t gemm_elems;      // per team thread: GEMM scratch of its GEMM threads
   std::int64_t partial_elems;   // per team thread: dW and db partial sums
   std::int64_t bytes;           // total scratch of the call
 };
+
+// For stride 1 and pad <= K - 1, dx is the stride-1 convolution of dy (F
+// channels, OH x OW) with w flipped in both spatial axes and transposed to (C,
+// F, KH, KW), padded by K - 1 - pad: its output is C x H x W.
+Conv2dShape dx_shape(const Conv2dShape& s);
 
 // g: the GEMM code path that will run (gemm_impl<T>(), taken once per call).
 template <typename T>

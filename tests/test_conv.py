@@ -19,7 +19,9 @@ from helpers import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+import pyconv
 import pyconv.functional as F
+from pyconv import _core
 from pyconv.layers import Convolution
 
 # ---- known answers ------------------------------------------------------------
@@ -135,6 +137,62 @@ def test_larger_shapes(isa, dtype):
     # cols = 24*24 = 576), the SimpleConvNet first layer's shape.
     for case in (ConvCase(3, 6, 28, 28, 30, 5, 5, 1, 2), ConvCase(1, 16, 12, 12, 20, 3, 3, 2, 1)):
         _check_conv(case, dtype, seed=7, layer=True)
+
+
+# ---- the code paths a shape takes (conv2d_plan names them) ---------------------
+
+
+def _plan(case: ConvCase, dtype, nthreads: int = 1) -> dict:
+    return _core.conv2d_plan(np.dtype(dtype).name, case.n, case.c, case.h, case.w, case.fn,
+                             case.fh, case.fw, case.stride, case.pad, True, nthreads)
+
+
+# Stride 1, pad <= K - 1, square kernel, >= 16 channels: dx is computed as the
+# convolution of dout with the flipped kernel (no column matrix, no col2im).
+DX_CONV_CASES = [
+    ConvCase(2, 16, 7, 9, 5, 3, 3, 1, 1),
+    ConvCase(3, 17, 6, 5, 4, 3, 3, 1, 0),
+    ConvCase(2, 16, 8, 8, 7, 5, 5, 1, 4),  # pad == K - 1
+    ConvCase(1, 20, 5, 6, 3, 2, 2, 1, 1),  # even kernel
+    ConvCase(4, 24, 4, 4, 70, 3, 3, 1, 2),  # F = 70 > one 64-wide panel of dout's rows
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DX_CONV_CASES, ids=str)
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_dx_as_convolution(isa, case, dtype, nthreads):
+    plan = _plan(case, dtype, nthreads)
+    assert plan["padded"] and plan["dx_conv"], plan
+    previous = pyconv.get_num_threads()
+    pyconv.set_num_threads(nthreads)
+    try:
+        _check_conv(case, dtype, seed=11, layer=True)
+    finally:
+        pyconv.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("case", [
+    ConvCase(2, 3, 7, 7, 4, 3, 3, 1, 1),   # C < 16: too few rows for the micro-kernel
+    ConvCase(2, 16, 7, 7, 4, 3, 3, 2, 1),  # stride 2
+    ConvCase(2, 16, 7, 7, 4, 3, 2, 1, 1),  # KH != KW: the two flipped pads differ
+    ConvCase(2, 16, 7, 7, 4, 3, 3, 1, 3),  # pad > K - 1
+], ids=str)
+def test_dx_by_col2im_where_convolution_does_not_apply(case):
+    assert not _plan(case, np.float32)["dx_conv"]
+    _check_conv(case, np.float32, seed=13, layer=True)
+
+
+@pytest.mark.parametrize("case", [
+    ConvCase(1, 1, 2050, 2050, 2, 3, 3, 1, 1),
+    ConvCase(1, 1, 2050, 2050, 2, 3, 3, 2, 1),
+], ids=str)
+def test_large_image_without_padded_copy(case):
+    # A padded copy of the image over 16 MiB (2052^2 float32) is not made: the
+    # packer then bounds every row segment itself, and dx goes through col2im.
+    plan = _plan(case, np.float32)
+    assert not plan["padded"] and not plan["dx_conv"], plan
+    _check_conv(case, np.float32, seed=5, layer=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
