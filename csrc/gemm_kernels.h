@@ -835,12 +835,16 @@ void gemm_nt_small(const Problem<T>& P) {
 #endif
 
 // The wide configuration unless the narrow one saves over a fifth of the
-// padded columns.
+// padded columns. Not for n <= one vector: both kernels then run a single
+// vector column (micro_kernel_fit) at the same cost per row, and the wide
+// one's A panels pack by vector shuffles (affine2's 100 x 10 x 100: the
+// narrow kernel spent 36% of the call packing A element by element).
 template <typename T>
 bool use_narrow(int64_t n) {
   using W = typename Blocking<T>::Wide;
   using N = typename Blocking<T>::Narrow;
-  return N::NR < W::NR && ceil_div(n, N::NR) * N::NR * 5 < ceil_div(n, W::NR) * W::NR * 4;
+  return N::NR < W::NR && n > W::VL &&
+         ceil_div(n, N::NR) * N::NR * 5 < ceil_div(n, W::NR) * W::NR * 4;
 }
 
 template <typename T>
