@@ -200,6 +200,64 @@ inline void micro_kernel_fit(int64_t kc, const T* a, const T* b, T* c, int64_t l
   micro_kernel<C, NU>(kc, a, b, c, ldc, alpha, beta, m_cur, n_cur);
 }
 
+#if defined(PYCONV_ISA_AVX512)
+template <typename T>
+struct Zmm;  // the masked AVX-512 operations the packing and segment loops need
+template <>
+struct Zmm<float> {
+  static constexpr int L = 16;
+  using V = __m512;
+  using K = __mmask16;
+  static K mask(int64_t n) {  // the low min(max(n, 0), L) lanes
+    return static_cast<K>(n >= L ? 0xFFFFu : n <= 0 ? 0u : (1u << n) - 1u);
+  }
+  static K even_lanes() { return static_cast<K>(0x5555u); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V load(K k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static void store(float* p, K k, V v) { _mm512_mask_storeu_ps(p, k, v); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V add(K k, V a, V b) { return _mm512_mask_add_ps(a, k, a, b); }  // a + b in lanes k
+  static V evens(V a, V b) {  // lanes 0, 2, ... of concat(a, b)
+    return _mm512_permutex2var_ps(
+        a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+  }
+  static V spread_low(V c) {  // c[i] at lane 2i, i < L/2
+    return _mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), c);
+  }
+  static V spread_high(V c) {  // c[L/2 + i] at lane 2i
+    return _mm512_permutexvar_ps(
+        _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15), c);
+  }
+};
+template <>
+struct Zmm<double> {
+  static constexpr int L = 8;
+  using V = __m512d;
+  using K = __mmask8;
+  static K mask(int64_t n) {
+    return static_cast<K>(n >= L ? 0xFFu : n <= 0 ? 0u : (1u << n) - 1u);
+  }
+  static K even_lanes() { return static_cast<K>(0x55u); }
+  static V load(const double* p) { return _mm512_loadu_pd(p); }
+  static V load(K k, const double* p) { return _mm512_maskz_loadu_pd(k, p); }
+  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static void store(double* p, K k, V v) { _mm512_mask_storeu_pd(p, k, v); }
+  static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static V add(K k, V a, V b) { return _mm512_mask_add_pd(a, k, a, b); }
+  static V evens(V a, V b) {
+    return _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b);
+  }
+  static V spread_low(V c) {
+    return _mm512_permutexvar_pd(_mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3), c);
+  }
+  static V spread_high(V c) {
+    return _mm512_permutexvar_pd(_mm512_setr_epi64(4, 4, 5, 5, 6, 6, 7, 7), c);
+  }
+};
+#endif
+
 // ---- Packing -----------------------------------------------------------------
 // A block (mc x kc at a, strides rs/cs) -> ceil(mc/MR) micro-panels MR x kc.
 #if defined(PYCONV_ISA_AVX512)
@@ -288,18 +346,62 @@ inline void transpose_block(const T* src, int64_t lds, int64_t rows, T* dst, int
 }
 #endif
 
+#if defined(PYCONV_ISA_AVX512)
+// A row-major A's micro-panel by register transposes: dst[p*MR + i] =
+// a[i*rs + p] for i < m_cur, zeros for m_cur <= i < MR. Rows go in groups of
+// one vector's lanes (L), k in blocks of L; each transposed vector is one
+// masked store of the group's MR lanes. The float 6-row panel has its own
+// cheaper interleave; this serves the 12-row (narrow) float panels and every
+// float64 panel, which were packed element by element (36% of a 100 x 10 x
+// 100 float32 call on the narrow kernel).
+template <int MR, typename T>
+void pack_a_transposed(int64_t kc, int64_t m_cur, const T* a, int64_t rs, T* dst) {
+  using Z = Zmm<T>;
+  using V = typename TransposeVec<T>::V;
+  constexpr int L = Z::L;
+  for (int g0 = 0; g0 < MR; g0 += L) {
+    const int lanes = MR - g0 < L ? MR - g0 : L;
+    const int64_t live = min64(lanes, m_cur - g0 > 0 ? m_cur - g0 : 0);
+    const typename Z::K store = Z::mask(lanes);
+    const T* rows = a + g0 * rs;
+    for (int64_t p0 = 0; p0 < kc; p0 += L) {
+      const int64_t np = min64(L, kc - p0);
+      V r[L];
+      for (int j = 0; j < L; ++j) {
+        if (j >= live)
+          r[j] = V{};
+        else if (np == L)
+          r[j] = *reinterpret_cast<const V*>(rows + j * rs + p0);
+        else
+          r[j] = reinterpret_cast<V>(Z::load(Z::mask(np), rows + j * rs + p0));
+      }
+      transpose_stage<T, 1>(r);
+      transpose_stage<T, 2>(r);
+      transpose_stage<T, 4>(r);
+      if constexpr (L == 16) transpose_stage<T, 8>(r);
+      for (int64_t p = 0; p < np; ++p)
+        Z::store(dst + (p0 + p) * MR + g0, store, reinterpret_cast<typename Z::V>(r[p]));
+    }
+  }
+}
+#endif
+
 template <class C, typename T = typename C::T>
 void pack_a_panel(int64_t kc, int64_t m_cur, const T* a, int64_t rs, int64_t cs, T* dst) {
   constexpr int MR = C::MR;
 #if defined(PYCONV_ISA_AVX512)
-  if constexpr (sizeof(T) == 4 && MR == 6) {
-    if (cs == 1 && m_cur == MR) {
-      int64_t p = 0;
-      for (; p + 16 <= kc; p += 16) interleave6x16(a + p, rs, dst + p * MR);
-      for (; p < kc; ++p)
-        for (int i = 0; i < MR; ++i) dst[p * MR + i] = a[i * rs + p];
-      return;
+  if (cs == 1) {
+    if constexpr (sizeof(T) == 4 && MR == 6) {
+      if (m_cur == MR) {
+        int64_t p = 0;
+        for (; p + 16 <= kc; p += 16) interleave6x16(a + p, rs, dst + p * MR);
+        for (; p < kc; ++p)
+          for (int i = 0; i < MR; ++i) dst[p * MR + i] = a[i * rs + p];
+        return;
+      }
     }
+    pack_a_transposed<MR>(kc, m_cur, a, rs, dst);
+    return;
   }
 #endif
   if (cs == 1) {
@@ -360,63 +462,6 @@ void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs,
 // unchanged, as one thread owns the image) and masked past it: a masked load
 // whose dropped lanes cross a page takes a microcode assist on AMD cores,
 // measured as most of the stride-2 copy when every load was masked.
-#if defined(PYCONV_ISA_AVX512)
-template <typename T>
-struct Zmm;  // the AVX-512 operations the segment loops need, per element type
-template <>
-struct Zmm<float> {
-  static constexpr int L = 16;
-  using V = __m512;
-  using K = __mmask16;
-  static K mask(int64_t n) {  // the low min(max(n, 0), L) lanes
-    return static_cast<K>(n >= L ? 0xFFFFu : n <= 0 ? 0u : (1u << n) - 1u);
-  }
-  static K even_lanes() { return static_cast<K>(0x5555u); }
-  static V load(const float* p) { return _mm512_loadu_ps(p); }
-  static V load(K k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
-  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  static void store(float* p, K k, V v) { _mm512_mask_storeu_ps(p, k, v); }
-  static V add(V a, V b) { return _mm512_add_ps(a, b); }
-  static V add(K k, V a, V b) { return _mm512_mask_add_ps(a, k, a, b); }  // a + b in lanes k
-  static V evens(V a, V b) {  // lanes 0, 2, ... of concat(a, b)
-    return _mm512_permutex2var_ps(
-        a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
-  }
-  static V spread_low(V c) {  // c[i] at lane 2i, i < L/2
-    return _mm512_permutexvar_ps(
-        _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), c);
-  }
-  static V spread_high(V c) {  // c[L/2 + i] at lane 2i
-    return _mm512_permutexvar_ps(
-        _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15), c);
-  }
-};
-template <>
-struct Zmm<double> {
-  static constexpr int L = 8;
-  using V = __m512d;
-  using K = __mmask8;
-  static K mask(int64_t n) {
-    return static_cast<K>(n >= L ? 0xFFu : n <= 0 ? 0u : (1u << n) - 1u);
-  }
-  static K even_lanes() { return static_cast<K>(0x55u); }
-  static V load(const double* p) { return _mm512_loadu_pd(p); }
-  static V load(K k, const double* p) { return _mm512_maskz_loadu_pd(k, p); }
-  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
-  static void store(double* p, K k, V v) { _mm512_mask_storeu_pd(p, k, v); }
-  static V add(V a, V b) { return _mm512_add_pd(a, b); }
-  static V add(K k, V a, V b) { return _mm512_mask_add_pd(a, k, a, b); }
-  static V evens(V a, V b) {
-    return _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b);
-  }
-  static V spread_low(V c) {
-    return _mm512_permutexvar_pd(_mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3), c);
-  }
-  static V spread_high(V c) {
-    return _mm512_permutexvar_pd(_mm512_setr_epi64(4, 4, 5, 5, 6, 6, 7, 7), c);
-  }
-};
-#endif
 
 template <typename T>
 inline void copy_taps(const T* __restrict row, int64_t stride, int64_t lo, int64_t hi,
