@@ -419,6 +419,25 @@ void pack_a_panel(int64_t kc, int64_t m_cur, const T* a, int64_t rs, int64_t cs,
 template <class C, typename T = typename C::T>
 void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs, T* dst) {
   constexpr int NR = C::NR;
+#if defined(PYCONV_ISA_AVX512)
+  if (cs == 1) {  // row copies by whole vectors, a masked tail, zeros to NR
+    using Z = Zmm<T>;
+    constexpr int L = Z::L;
+    const typename Z::V zero = Z::load(Z::mask(0), b);
+    for (int64_t p = 0; p < kc; ++p) {
+      const T* src = b + p * rs;
+      T* d = dst + p * NR;
+      int64_t j = 0;
+      for (; j + L <= n_cur; j += L) Z::store(d + j, Z::load(src + j));
+      if (j < n_cur) {  // lanes past n_cur load as zeros
+        Z::store(d + j, Z::load(Z::mask(n_cur - j), src + j));
+        j += L;
+      }
+      for (; j < NR; j += L) Z::store(d + j, zero);
+    }
+    return;
+  }
+#endif
   if (cs == 1) {
     for (int64_t p = 0; p < kc; ++p) {
       const T* src = b + p * rs;
