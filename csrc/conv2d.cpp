@@ -65,10 +65,10 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   p.flip_elems = p.dx_conv ? f * ckk : 0;
   p.pad_elems = std::max(p.padded ? padded_image_elems(s) : 0,
                          p.dx_conv ? padded_image_elems(sd) : 0);
-  // The forward packs im2col straight into the GEMM's B panels; only the
-  // backward writes a column matrix (for dW, then reused for dx's columns
-  // unless dx_conv).
-  p.col_elems = p.direct || !backward ? 0 : ckk * cols;
+  // The forward packs im2col straight into the GEMM's B panels, the weight
+  // gradient into its A panels; a column matrix is written only for dx's
+  // columns (col2im), or for dW when the image is too large to pad.
+  p.col_elems = p.direct || !backward || (p.padded && p.dx_conv) ? 0 : ckk * cols;
   // The largest of the GEMMs a call runs: forward (f, cols, ckk); backward
   // weight, transposed (ckk, f, cols), and input: (ckk, cols, f), or
   // dx_conv's (C, H*W, F*KH*KW).
@@ -152,7 +152,8 @@ void conv_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* b,
   if (b != nullptr)
     for (std::int64_t i = 0; i < f; ++i) std::fill(y_n + i * cols, y_n + (i + 1) * cols, b[i]);
   g.run(f, cols, ckk, T(1), MatRef<T>{w, f, ckk, ckk, 1}, MatRef<T>{x_n, ckk, cols, cols, 1},
-        b != nullptr ? T(1) : T(0), y_n, cols, work, gemm_threads, direct ? nullptr : &packer);
+        b != nullptr ? T(1) : T(0), y_n, cols, work, gemm_threads, direct ? nullptr : &packer,
+        nullptr);
 }
 
 template <typename T>
@@ -175,23 +176,25 @@ void flip_kernel(const T* w, const Conv2dShape& s, T* wf) {
 }
 
 // dwt (+)= col_n * dy_n^T, i.e. dW transposed (C*KH*KW x F): the column
-// matrix is then GEMM's A operand, packed from contiguous rows, instead of a
-// transposed B gathered across rows. db (+)= row sums of dy_n. dx_n when wanted.
-// wf: flip_kernel(w) when p.dx_conv.
+// matrix is then GEMM's A operand, packed from the padded image panel by panel
+// (pack_im2col_a; the whole matrix is written only for an image too large to
+// pad), instead of a transposed B gathered across rows. db (+)= row sums of
+// dy_n. dx_n when wanted. wf: flip_kernel(w) when p.dx_conv.
 template <typename T>
 void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* wf,
                     const T* dy_n, const Conv2dShape& s, const ConvPlan& p, bool first, T* xp,
                     T* col, T* work, T* dwt, T* db, T* dx_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
   const T* src = x_n;
-  if (!p.direct) {  // the whole column matrix, by the GEMM's own im2col packer
-    const Im2colPanels<T> panels = im2col_source(x_n, s, p.padded, xp);
+  const Im2colPanels<T> panels = im2col_source(x_n, s, p.padded, xp);
+  const PackA<T> a_packer{g.pack_im2col_a, &panels};
+  if (!p.direct && !p.padded) {  // the whole column matrix, by the bounded packer
     g.pack_im2col(&panels, 0, ckk, 0, cols, cols, col);
     src = col;
   }
   g.run(ckk, f, cols, T(1), MatRef<T>{src, ckk, cols, cols, 1},
         MatRef<T>{dy_n, f, cols, cols, 1}.t(), first ? T(0) : T(1), dwt, f, work,
-        p.gemm_threads, nullptr);
+        p.gemm_threads, nullptr, p.padded ? &a_packer : nullptr);
   for (std::int64_t i = 0; i < f; ++i) {
     const T sum = row_sum(dy_n + i * cols, cols);
     db[i] = first ? sum : db[i] + sum;
@@ -205,7 +208,7 @@ void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* wf,
   // dcol = w^T * dy_n; col is free again, so it holds dcol.
   T* dcol = p.direct ? dx_n : col;
   g.run(ckk, cols, f, T(1), MatRef<T>{w, f, ckk, ckk, 1}.t(), MatRef<T>{dy_n, f, cols, cols, 1},
-        T(0), dcol, cols, work, p.gemm_threads, nullptr);
+        T(0), dcol, cols, work, p.gemm_threads, nullptr, nullptr);
   if (!p.direct) g.col2im(dcol, s, dx_n);
 }
 

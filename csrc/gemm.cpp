@@ -140,7 +140,8 @@ void gemm(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a, 
     nthreads = 1;  // one level of parallelism per call
   const std::int64_t per_thread = impl.workspace(m, n, k);
   Workspace slab(static_cast<std::size_t>(per_thread * nthreads) * sizeof(T));
-  impl.run(m, n, k, alpha, a, b, beta, c, ldc, static_cast<T*>(slab.data()), nthreads, nullptr);
+  impl.run(m, n, k, alpha, a, b, beta, c, ldc, static_cast<T*>(slab.data()), nthreads, nullptr,
+           nullptr);
 }
 
 template void gemm<float>(std::int64_t, std::int64_t, std::int64_t, float, MatRef<float>,

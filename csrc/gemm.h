@@ -38,12 +38,23 @@ struct PackB {
   const void* ctx;
 };
 
+// Packs micro-panels of A on the fly (the im2col matrix as the weight
+// gradient's A operand, never written whole): fill(ctx, i0, m_cur, pc, kc, mr,
+// dst) writes A[i0:i0+m_cur, pc:pc+kc] k-major as dst[p*mr + i], zeros in
+// rows m_cur..mr-1.
+template <typename T>
+struct PackA {
+  void (*fill)(const void* ctx, std::int64_t i0, std::int64_t m_cur, std::int64_t pc,
+               std::int64_t kc, std::int64_t mr, T* dst);
+  const void* ctx;
+};
+
 // One ISA's implementation. workspace(m, n, k) is the scratch one GEMM thread
 // needs, in elements of T (a multiple of 64 bytes); run() computes the whole
 // product with `nthreads` threads (1: no parallel region at all, safe to call
 // from inside one), thread t using work + t * workspace(m, n, k), with work
 // 64-byte aligned. With a non-null packer, B's panels come from it and b is
-// not read.
+// not read; likewise A's from a non-null a_packer.
 template <typename T>
 struct GemmImpl {
   const char* isa;
@@ -51,10 +62,14 @@ struct GemmImpl {
   std::int64_t (*workspace)(std::int64_t m, std::int64_t n, std::int64_t k);
   void (*run)(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a,
               MatRef<T> b, T beta, T* c, std::int64_t ldc, T* work, int nthreads,
-              const PackB<T>* packer);
+              const PackB<T>* packer, const PackA<T>* a_packer);
   // PackB<T>::fill for an Im2colPanels<T> context (im2col.h).
   void (*pack_im2col)(const void* ctx, std::int64_t pc, std::int64_t kc, std::int64_t j0,
                       std::int64_t n_cur, std::int64_t nr, T* dst);
+  // PackA<T>::fill of the same matrix (rows (c, kh, kw), columns (oh, ow)) for
+  // an Im2colPanels<T> context with a padded image (xp set).
+  void (*pack_im2col_a)(const void* ctx, std::int64_t i0, std::int64_t m_cur, std::int64_t pc,
+                        std::int64_t kc, std::int64_t mr, T* dst);
   // Adjoint of pack_im2col for one whole image: x (C x H x W) <- zeroes, then
   // every entry of col (C*KH*KW x OH*OW) added into the pixel it came from.
   void (*col2im)(const T* col, const Conv2dShape& s, T* x);

@@ -675,6 +675,57 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
   }
 }
 
+// ---- im2col packed straight into A panels ------------------------------------
+// The same column matrix as GEMM's A operand (the weight gradient's col_n *
+// dy_n^T): rows [i0, i0+m_cur) x columns [pc, pc+kc) as one MR x kc panel.
+// Each row's kc taps are copied as runs from the padded image into a small
+// row-major block, which the ordinary A packing then transposes: the C*KH*KW
+// x OH*OW matrix (7 MiB per image for c and d) is never written.
+template <class C, typename T = typename C::T>
+void pack_im2col_a_cfg(const Im2colPanels<T>& panels, int64_t i0, int64_t m_cur, int64_t pc,
+                       int64_t kc, T* dst) {
+  constexpr int MR = C::MR;
+  constexpr int64_t KC = C::KC;
+  const Conv2dShape& s = panels.s;
+  const int64_t ow_n = (s.width + 2 * s.pad - s.kernel_w) / s.stride + 1;
+  const int64_t wp = s.width + 2 * s.pad, plane = (s.height + 2 * s.pad) * wp;
+  const int64_t row_step = s.stride * wp;
+  const int64_t oh0 = pc / ow_n, ow0 = pc % ow_n;
+  alignas(64) T rows[MR][KC];  // 3-24 KiB: rows past m_cur are never read
+  int64_t kw = i0 % s.kernel_w, kh = (i0 / s.kernel_w) % s.kernel_h;
+  int64_t c = i0 / (s.kernel_w * s.kernel_h);
+  for (int64_t i = 0; i < m_cur; ++i) {
+    const T* row = panels.xp + c * plane + (oh0 * s.stride + kh) * wp + kw;
+    int64_t seg = min64(ow_n - ow0, kc);
+    copy_run(row + ow0 * s.stride, s.stride, seg, rows[i]);
+    for (int64_t done = seg; done < kc; done += seg) {
+      row += row_step;
+      seg = min64(ow_n, kc - done);
+      copy_run(row, s.stride, seg, rows[i] + done);
+    }
+    if (++kw == s.kernel_w) {
+      kw = 0;
+      if (++kh == s.kernel_h) {
+        kh = 0;
+        ++c;
+      }
+    }
+  }
+  pack_a_panel<C>(kc, m_cur, &rows[0][0], KC, 1, dst);
+}
+
+template <typename T>
+void pack_im2col_a(const void* ctx, int64_t i0, int64_t m_cur, int64_t pc, int64_t kc,
+                   int64_t mr, T* dst) {
+  const Im2colPanels<T>& panels = *static_cast<const Im2colPanels<T>*>(ctx);
+  using W = typename Blocking<T>::Wide;
+  using N = typename Blocking<T>::Narrow;
+  if (mr == W::MR)
+    pack_im2col_a_cfg<W>(panels, i0, m_cur, pc, kc, dst);
+  else
+    pack_im2col_a_cfg<N>(panels, i0, m_cur, pc, kc, dst);
+}
+
 // ---- col2im, the adjoint of pack_im2col ------------------------------------------
 template <typename T>
 void col2im(const T* col, const Conv2dShape& s, T* x) {
@@ -709,7 +760,8 @@ struct Problem {
   T beta;
   T* c;
   int64_t ldc;
-  const PackB<T>* packer;  // null: pack from the strided b
+  const PackB<T>* packer;    // null: pack from the strided b
+  const PackA<T>* a_packer;  // null: pack from the strided a
 };
 
 // Scratch of one thread: its packed B block (KC x NC, 64-byte aligned first)
@@ -749,6 +801,13 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
           pack_b_panel<C>(kc_cur, n_cur, P.b.data + pc * P.b.rs + col * P.b.cs, P.b.rs,
                           P.b.cs, dst);
       };
+      auto pack_a_at = [&](int64_t row, int64_t m_cur, T* dst) {  // MR x kc at row
+        if (P.a_packer != nullptr)
+          P.a_packer->fill(P.a_packer->ctx, row, m_cur, pc, kc_cur, MR, dst);
+        else
+          pack_a_panel<C>(kc_cur, m_cur, P.a.data + row * P.a.rs + pc * P.a.cs, P.a.rs, P.a.cs,
+                          dst);
+      };
       if (mm <= MC) {
         // One ic block (a convolution's F rows, say): pack A once, then each
         // B panel just before its micro-kernels, into one panel's space, so
@@ -757,8 +816,7 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
         // block (c's forward: 1.6 MiB of panels, beyond L2). Same
         // arithmetic in the same order as below.
         for (int64_t ir = 0; ir < mm; ir += MR)
-          pack_a_panel<C>(kc_cur, min64(MR, mm - ir), P.a.data + (i0 + ir) * P.a.rs + pc * P.a.cs,
-                          P.a.rs, P.a.cs, pack_a + ir * kc_cur);
+          pack_a_at(i0 + ir, min64(MR, mm - ir), pack_a + ir * kc_cur);
         for (int64_t jp = 0; jp < n_panels; ++jp) {
           const int64_t col = j0 + jc + jp * NR;
           const int64_t n_cur = min64(NR, j0 + nn - col);
@@ -774,9 +832,7 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
         const int64_t mc_cur = min64(MC, mm - ic);
         const int64_t row0 = i0 + ic;
         for (int64_t ir = 0; ir < mc_cur; ir += MR)  // pack A: MR x kc panels
-          pack_a_panel<C>(kc_cur, min64(MR, mc_cur - ir),
-                          P.a.data + (row0 + ir) * P.a.rs + pc * P.a.cs, P.a.rs, P.a.cs,
-                          pack_a + ir * kc_cur);
+          pack_a_at(row0 + ir, min64(MR, mc_cur - ir), pack_a + ir * kc_cur);
         for (int64_t jp = 0; jp < n_panels; ++jp) {  // loop 2: jr
           const int64_t col = j0 + jc + jp * NR;
           const int64_t n_cur = min64(NR, j0 + nn - col);
@@ -845,7 +901,7 @@ constexpr int kNtBlock = 4;
 template <typename T>
 bool use_nt_small(const Problem<T>& P) {
   constexpr int64_t L = TransposeVec<T>::L;
-  return P.packer == nullptr && P.a.cs == 1 && P.b.rs == 1 && P.m <= 64 && P.n <= 64 &&
+  return P.packer == nullptr && P.a_packer == nullptr && P.a.cs == 1 && P.b.rs == 1 && P.m <= 64 && P.n <= 64 &&
          P.k >= 4 * L && P.m * P.n * P.k <= (int64_t(1) << 22);
 }
 
@@ -919,14 +975,15 @@ int64_t workspace_elems(int64_t m, int64_t n, int64_t k) {
 
 template <typename T>
 void run(int64_t m, int64_t n, int64_t k, T alpha, MatRef<T> a, MatRef<T> b, T beta, T* c,
-         int64_t ldc, T* work, int nthreads, const PackB<T>* packer) {
+         int64_t ldc, T* work, int nthreads, const PackB<T>* packer,
+         const PackA<T>* a_packer) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0 || alpha == T(0)) {  // C = beta * C, A and B not read
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
     return;
   }
-  const Problem<T> P{m, n, k, alpha, a, b, beta, c, ldc, packer};
+  const Problem<T> P{m, n, k, alpha, a, b, beta, c, ldc, packer, a_packer};
 #if defined(PYCONV_ISA_AVX512)
   if (use_nt_small(P)) {  // serial: <= 2^23 flops, below the 2-thread threshold
     gemm_nt_small(P);
@@ -949,11 +1006,11 @@ BlockSizes block_sizes() {  // the wide configuration's (reported by config())
 
 GemmImpl<float> make_gemm_float() {
   return {PYCONV_ISA_NAME, block_sizes<float>(), &workspace_elems<float>, &run<float>,
-          &pack_im2col<float>, &col2im<float>};
+          &pack_im2col<float>, &pack_im2col_a<float>, &col2im<float>};
 }
 GemmImpl<double> make_gemm_double() {
   return {PYCONV_ISA_NAME, block_sizes<double>(), &workspace_elems<double>, &run<double>,
-          &pack_im2col<double>, &col2im<double>};
+          &pack_im2col<double>, &pack_im2col_a<double>, &col2im<double>};
 }
 
 }  // namespace PYCONV_ISA

@@ -155,6 +155,8 @@ DX_CONV_CASES = [
     ConvCase(2, 16, 8, 8, 7, 5, 5, 1, 4),  # pad == K - 1
     ConvCase(1, 20, 5, 6, 3, 2, 2, 1, 1),  # even kernel
     ConvCase(4, 24, 4, 4, 70, 3, 3, 1, 2),  # F = 70 > one 64-wide panel of dout's rows
+    ConvCase(2, 16, 6, 7, 20, 3, 3, 1, 1),  # F = 20: dW on the narrow float32 kernel
+    ConvCase(2, 17, 9, 5, 10, 3, 3, 1, 1),  # F = 10: dW on the narrow float64 kernel
 ]
 
 
