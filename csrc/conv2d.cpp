@@ -63,6 +63,15 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   p.dx_conv = backward && p.padded && s.stride == 1 && s.kernel_h == s.kernel_w &&
               s.pad <= s.kernel_h - 1 && s.channels >= 16 && padded_bytes<T>(sd) <= kPadBudget;
   p.flip_elems = p.dx_conv ? f * ckk : 0;
+  // The weights' side of a GEMM is the same for every image: its A panels are
+  // packed once per call (d's forward spent 3% of its time repacking w per
+  // image): w for the forward; for dx, the flipped kernel or w^T.
+  if (!backward)
+    p.packed_w_elems = g.packed_a_elems(f, cols, ckk);
+  else if (p.dx_conv)
+    p.packed_w_elems = g.packed_a_elems(s.channels, sd.col_cols(), sd.col_rows());
+  else
+    p.packed_w_elems = g.packed_a_elems(ckk, cols, f);
   p.pad_elems = std::max(p.padded ? padded_image_elems(s) : 0,
                          p.dx_conv ? padded_image_elems(sd) : 0);
   // The forward packs im2col straight into the GEMM's B panels, the weight
@@ -83,27 +92,30 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   // Every slice starts on a 64-byte boundary: the micro-kernels load packed
   // panels with aligned vector loads.
   constexpr std::int64_t line = 64 / static_cast<std::int64_t>(sizeof(T));
-  for (std::int64_t* e :
-       {&p.flip_elems, &p.pad_elems, &p.col_elems, &p.gemm_elems, &p.partial_elems})
+  for (std::int64_t* e : {&p.flip_elems, &p.packed_w_elems, &p.pad_elems, &p.col_elems,
+                          &p.gemm_elems, &p.partial_elems})
     *e = (*e + line - 1) / line * line;
   p.bytes = static_cast<std::int64_t>(sizeof(T)) *
-            (p.flip_elems + p.team * (p.pad_elems + p.col_elems + p.gemm_elems + p.partial_elems));
+            (p.flip_elems + p.packed_w_elems +
+             p.team * (p.pad_elems + p.col_elems + p.gemm_elems + p.partial_elems));
   return p;
 }
 
 namespace {
 
 template <typename T>
-struct Scratch {  // one slab: the call's flipped kernel, then a slice per team thread
+struct Scratch {  // one slab: the call's weights (flipped, packed), then a slice per team thread
   std::int64_t stride;
   Workspace slab;
   const ConvPlan& plan;
   explicit Scratch(const ConvPlan& p)
       : stride(p.pad_elems + p.col_elems + p.gemm_elems + p.partial_elems),
-        slab(static_cast<std::size_t>(p.flip_elems + p.team * stride) * sizeof(T)),
+        slab(static_cast<std::size_t>(p.flip_elems + p.packed_w_elems + p.team * stride) *
+             sizeof(T)),
         plan(p) {}
   T* flip() const { return static_cast<T*>(slab.data()); }
-  T* pad(int t) const { return flip() + plan.flip_elems + t * stride; }
+  T* packed_w() const { return flip() + plan.flip_elems; }
+  T* pad(int t) const { return packed_w() + plan.packed_w_elems + t * stride; }
   T* col(int t) const { return pad(t) + plan.pad_elems; }
   T* gemm(int t) const { return col(t) + plan.col_elems; }
   T* partial(int t) const { return gemm(t) + plan.gemm_elems; }
@@ -141,9 +153,10 @@ Im2colPanels<T> im2col_source(const T* x_n, const Conv2dShape& s, bool padded, T
   return {x_n, s, xp};
 }
 
-// y_n = w * col(x_n) (+ b broadcast along rows unless b is null).
+// y_n = w * col(x_n) (+ b broadcast along rows unless b is null); pw: w
+// packed by GemmImpl::pack_a (w itself is then not read).
 template <typename T>
-void conv_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* b,
+void conv_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* pw, const T* b,
                 const Conv2dShape& s, bool padded, bool direct, int gemm_threads, T* xp,
                 T* work, T* y_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
@@ -153,13 +166,13 @@ void conv_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* b,
     for (std::int64_t i = 0; i < f; ++i) std::fill(y_n + i * cols, y_n + (i + 1) * cols, b[i]);
   g.run(f, cols, ckk, T(1), MatRef<T>{w, f, ckk, ckk, 1}, MatRef<T>{x_n, ckk, cols, cols, 1},
         b != nullptr ? T(1) : T(0), y_n, cols, work, gemm_threads, direct ? nullptr : &packer,
-        nullptr);
+        nullptr, pw);
 }
 
 template <typename T>
-void forward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* b,
+void forward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* pw, const T* b,
                    const Conv2dShape& s, const ConvPlan& p, T* xp, T* work, T* y_n) {
-  conv_image(g, x_n, w, b, s, p.padded, p.direct, p.gemm_threads, xp, work, y_n);
+  conv_image(g, x_n, w, pw, b, s, p.padded, p.direct, p.gemm_threads, xp, work, y_n);
 }
 
 // wf (C x F x KH x KW) <- w (F x C x KH x KW) transposed in (F, C) and
@@ -179,9 +192,10 @@ void flip_kernel(const T* w, const Conv2dShape& s, T* wf) {
 // matrix is then GEMM's A operand, packed from the padded image panel by panel
 // (pack_im2col_a; the whole matrix is written only for an image too large to
 // pad), instead of a transposed B gathered across rows. db (+)= row sums of
-// dy_n. dx_n when wanted. wf: flip_kernel(w) when p.dx_conv.
+// dy_n. dx_n when wanted; pwx: the A panels of dx's GEMM, packed once per
+// call (the flipped kernel when p.dx_conv, else w^T).
 template <typename T>
-void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* wf,
+void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* pwx,
                     const T* dy_n, const Conv2dShape& s, const ConvPlan& p, bool first, T* xp,
                     T* col, T* work, T* dwt, T* db, T* dx_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
@@ -194,21 +208,21 @@ void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* wf,
   }
   g.run(ckk, f, cols, T(1), MatRef<T>{src, ckk, cols, cols, 1},
         MatRef<T>{dy_n, f, cols, cols, 1}.t(), first ? T(0) : T(1), dwt, f, work,
-        p.gemm_threads, nullptr, p.padded ? &a_packer : nullptr);
+        p.gemm_threads, nullptr, p.padded ? &a_packer : nullptr, nullptr);
   for (std::int64_t i = 0; i < f; ++i) {
     const T sum = row_sum(dy_n + i * cols, cols);
     db[i] = first ? sum : db[i] + sum;
   }
   if (dx_n == nullptr) return;
   if (p.dx_conv) {  // xp is free again: it holds the padded dy_n
-    conv_image(g, dy_n, wf, static_cast<const T*>(nullptr), dx_shape(s), true, false,
-               p.gemm_threads, xp, work, dx_n);
+    conv_image(g, dy_n, static_cast<const T*>(nullptr), pwx, static_cast<const T*>(nullptr),
+               dx_shape(s), true, false, p.gemm_threads, xp, work, dx_n);
     return;
   }
   // dcol = w^T * dy_n; col is free again, so it holds dcol.
   T* dcol = p.direct ? dx_n : col;
   g.run(ckk, cols, f, T(1), MatRef<T>{w, f, ckk, ckk, 1}.t(), MatRef<T>{dy_n, f, cols, cols, 1},
-        T(0), dcol, cols, work, p.gemm_threads, nullptr, nullptr);
+        T(0), dcol, cols, work, p.gemm_threads, nullptr, nullptr, pwx);
   if (!p.direct) g.col2im(dcol, s, dx_n);
 }
 
@@ -222,9 +236,12 @@ void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T*
   Scratch<T> scratch(p);
   const std::int64_t x_img = s.channels * s.height * s.width;
   const std::int64_t y_img = s.filters * s.col_cols();
+  const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
+  T* pw = scratch.packed_w();
+  g.pack_a(f, cols, ckk, MatRef<T>{w, f, ckk, ckk, 1}, pw);
   if (p.team == 1) {
     for (std::int64_t n = 0; n < s.batch; ++n)
-      forward_image(g, x + n * x_img, w, b, s, p, scratch.pad(0), scratch.gemm(0),
+      forward_image(g, x + n * x_img, w, pw, b, s, p, scratch.pad(0), scratch.gemm(0),
                     y + n * y_img);
     return;
   }
@@ -237,7 +254,7 @@ void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T*
 #endif
 #pragma omp for schedule(dynamic, 1) nowait
     for (std::int64_t n = 0; n < s.batch; ++n)
-      forward_image(g, x + n * x_img, w, b, s, p, scratch.pad(t), scratch.gemm(t),
+      forward_image(g, x + n * x_img, w, pw, b, s, p, scratch.pad(t), scratch.gemm(t),
                     y + n * y_img);
     join.arrive();
   }
@@ -257,10 +274,18 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
   Scratch<T> scratch(p);
   const std::int64_t x_img = s.channels * s.height * s.width;
   const std::int64_t y_img = s.filters * s.col_cols();
-  const T* wf = nullptr;
-  if (p.dx_conv && dx != nullptr) {
-    flip_kernel(w, s, scratch.flip());
-    wf = scratch.flip();
+  const T* pwx = nullptr;  // the A panels of dx's GEMM
+  if (dx != nullptr) {
+    if (p.dx_conv) {
+      const Conv2dShape sd = dx_shape(s);
+      flip_kernel(w, s, scratch.flip());
+      g.pack_a(s.channels, sd.col_cols(), sd.col_rows(),
+               MatRef<T>{scratch.flip(), s.channels, sd.col_rows(), sd.col_rows(), 1},
+               scratch.packed_w());
+    } else {
+      g.pack_a(ckk, s.col_cols(), f, MatRef<T>{w, f, ckk, ckk, 1}.t(), scratch.packed_w());
+    }
+    pwx = scratch.packed_w();
   }
   // Team thread t sums its contiguous block of images into its partial
   // (dW transposed, then db); the partials are added in thread order while
@@ -275,7 +300,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
       return;
     }
     for (std::int64_t n = lo; n < hi; ++n)
-      backward_image(g, x + n * x_img, w, wf, dy + n * y_img, s, p, n == lo, scratch.pad(t),
+      backward_image(g, x + n * x_img, w, pwx, dy + n * y_img, s, p, n == lo, scratch.pad(t),
                      scratch.col(t), scratch.gemm(t), pw, pb,
                      dx ? dx + n * x_img : nullptr);
   };

@@ -20,6 +20,7 @@ struct ConvPlan {
   bool dx_conv;      // backward: dx as a convolution of dy (dx_shape) with the
                      // flipped kernel, not a column-matrix GEMM and col2im
   std::int64_t flip_elems;      // once per call: that flipped kernel
+  std::int64_t packed_w_elems;  // once per call: the weights' GEMM A panels (w, w^T or flipped)
   std::int64_t pad_elems;       // per team thread: the padded copy (x or dy)
   std::int64_t col_elems;       // per team thread
   std::int64_t gemm_elems;      // per team thread: GEMM scratch of its GEMM threads

@@ -762,6 +762,7 @@ struct Problem {
   int64_t ldc;
   const PackB<T>* packer;    // null: pack from the strided b
   const PackA<T>* a_packer;  // null: pack from the strided a
+  const T* packed_a;         // non-null: all of A packed by pack_a_whole (a not read)
 };
 
 // Scratch of one thread: its packed B block (KC x NC, 64-byte aligned first)
@@ -786,6 +787,7 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
   constexpr int64_t line = 64 / static_cast<int64_t>(sizeof(T));
   T* pack_b = work;
   T* pack_a = work + ceil_div(ceil_div(min64(NC, P.n), NR) * NR * min64(KC, P.k), line) * line;
+  const int64_t m_pad = ceil_div(P.m, MR) * MR;  // rows of a prepacked A
   for (int64_t jc = 0; jc < nn; jc += NC) {  // loop 5: jc
     const int64_t nc_cur = min64(NC, nn - jc);
     const int64_t n_panels = ceil_div(nc_cur, NR);
@@ -808,6 +810,14 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
           pack_a_panel<C>(kc_cur, m_cur, P.a.data + row * P.a.rs + pc * P.a.cs, P.a.rs, P.a.cs,
                           dst);
       };
+      // The MR x kc panels of rows [row0, row0 + rows): packed now, or
+      // already in P.packed_a (block pc at pc * m_pad, rows r at r * kc_cur).
+      auto a_panels = [&](int64_t row0, int64_t rows) -> const T* {
+        if (P.packed_a != nullptr) return P.packed_a + pc * m_pad + row0 * kc_cur;
+        for (int64_t ir = 0; ir < rows; ir += MR)
+          pack_a_at(row0 + ir, min64(MR, rows - ir), pack_a + ir * kc_cur);
+        return pack_a;
+      };
       if (mm <= MC) {
         // One ic block (a convolution's F rows, say): pack A once, then each
         // B panel just before its micro-kernels, into one panel's space, so
@@ -815,14 +825,13 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
         // image an im2col packer reads) is not evicted by a whole packed
         // block (c's forward: 1.6 MiB of panels, beyond L2). Same
         // arithmetic in the same order as below.
-        for (int64_t ir = 0; ir < mm; ir += MR)
-          pack_a_at(i0 + ir, min64(MR, mm - ir), pack_a + ir * kc_cur);
+        const T* pa = a_panels(i0, mm);
         for (int64_t jp = 0; jp < n_panels; ++jp) {
           const int64_t col = j0 + jc + jp * NR;
           const int64_t n_cur = min64(NR, j0 + nn - col);
           pack_b_at(jp, pack_b);
           for (int64_t ir = 0; ir < mm; ir += MR)
-            micro_kernel_fit<C>(kc_cur, pack_a + ir * kc_cur, pack_b, P.c + (i0 + ir) * P.ldc + col,
+            micro_kernel_fit<C>(kc_cur, pa + ir * kc_cur, pack_b, P.c + (i0 + ir) * P.ldc + col,
                                 P.ldc, P.alpha, beta_cur, min64(MR, mm - ir), n_cur);
         }
         continue;
@@ -831,18 +840,38 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
       for (int64_t ic = 0; ic < mm; ic += MC) {  // loop 3: ic
         const int64_t mc_cur = min64(MC, mm - ic);
         const int64_t row0 = i0 + ic;
-        for (int64_t ir = 0; ir < mc_cur; ir += MR)  // pack A: MR x kc panels
-          pack_a_at(row0 + ir, min64(MR, mc_cur - ir), pack_a + ir * kc_cur);
+        const T* pa = a_panels(row0, mc_cur);  // MR x kc panels
         for (int64_t jp = 0; jp < n_panels; ++jp) {  // loop 2: jr
           const int64_t col = j0 + jc + jp * NR;
           const int64_t n_cur = min64(NR, j0 + nn - col);
           const T* pb = pack_b + jp * NR * kc_cur;
           for (int64_t ir = 0; ir < mc_cur; ir += MR)  // loop 1: ir
-            micro_kernel_fit<C>(kc_cur, pack_a + ir * kc_cur, pb, P.c + (row0 + ir) * P.ldc + col,
-                            P.ldc, P.alpha, beta_cur, min64(MR, mc_cur - ir), n_cur);
+            micro_kernel_fit<C>(kc_cur, pa + ir * kc_cur, pb, P.c + (row0 + ir) * P.ldc + col,
+                                P.ldc, P.alpha, beta_cur, min64(MR, mc_cur - ir), n_cur);
         }
       }
     }
+  }
+}
+
+// All of A packed once, in the layout gemm_slice reads (for each KC block pc,
+// the MR-row panels of every row at pc * m_pad + row * kc): a product run
+// many times with the same A (a convolution's weights, image after image)
+// then packs nothing of A per run.
+template <class C, typename T = typename C::T>
+int64_t cfg_packed_a_elems(int64_t m, int64_t k) {
+  return ceil_div(m, C::MR) * C::MR * k;
+}
+
+template <class C, typename T = typename C::T>
+void cfg_pack_a_whole(int64_t m, int64_t k, MatRef<T> a, T* dst) {
+  constexpr int64_t MR = C::MR, KC = C::KC;
+  const int64_t m_pad = ceil_div(m, MR) * MR;
+  for (int64_t pc = 0; pc < k; pc += KC) {
+    const int64_t kc_cur = min64(KC, k - pc);
+    for (int64_t i = 0; i < m; i += MR)
+      pack_a_panel<C>(kc_cur, min64(MR, m - i), a.data + i * a.rs + pc * a.cs, a.rs, a.cs,
+                      dst + pc * m_pad + i * kc_cur);
   }
 }
 
@@ -901,7 +930,7 @@ constexpr int kNtBlock = 4;
 template <typename T>
 bool use_nt_small(const Problem<T>& P) {
   constexpr int64_t L = TransposeVec<T>::L;
-  return P.packer == nullptr && P.a_packer == nullptr && P.a.cs == 1 && P.b.rs == 1 && P.m <= 64 && P.n <= 64 &&
+  return P.packer == nullptr && P.a_packer == nullptr && P.packed_a == nullptr && P.a.cs == 1 && P.b.rs == 1 && P.m <= 64 && P.n <= 64 &&
          P.k >= 4 * L && P.m * P.n * P.k <= (int64_t(1) << 22);
 }
 
@@ -976,14 +1005,14 @@ int64_t workspace_elems(int64_t m, int64_t n, int64_t k) {
 template <typename T>
 void run(int64_t m, int64_t n, int64_t k, T alpha, MatRef<T> a, MatRef<T> b, T beta, T* c,
          int64_t ldc, T* work, int nthreads, const PackB<T>* packer,
-         const PackA<T>* a_packer) {
+         const PackA<T>* a_packer, const T* packed_a) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0 || alpha == T(0)) {  // C = beta * C, A and B not read
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
     return;
   }
-  const Problem<T> P{m, n, k, alpha, a, b, beta, c, ldc, packer, a_packer};
+  const Problem<T> P{m, n, k, alpha, a, b, beta, c, ldc, packer, a_packer, packed_a};
 #if defined(PYCONV_ISA_AVX512)
   if (use_nt_small(P)) {  // serial: <= 2^23 flops, below the 2-thread threshold
     gemm_nt_small(P);
@@ -996,6 +1025,21 @@ void run(int64_t m, int64_t n, int64_t k, T alpha, MatRef<T> a, MatRef<T> b, T b
     run_cfg<typename Blocking<T>::Wide>(P, work, nthreads);
 }
 
+// pack_a_whole for the configuration run() picks for this n.
+template <typename T>
+int64_t packed_a_elems(int64_t m, int64_t n, int64_t k) {
+  return use_narrow<T>(n) ? cfg_packed_a_elems<typename Blocking<T>::Narrow>(m, k)
+                          : cfg_packed_a_elems<typename Blocking<T>::Wide>(m, k);
+}
+
+template <typename T>
+void pack_a_whole(int64_t m, int64_t n, int64_t k, MatRef<T> a, T* dst) {
+  if (use_narrow<T>(n))
+    cfg_pack_a_whole<typename Blocking<T>::Narrow>(m, k, a, dst);
+  else
+    cfg_pack_a_whole<typename Blocking<T>::Wide>(m, k, a, dst);
+}
+
 template <typename T>
 BlockSizes block_sizes() {  // the wide configuration's (reported by config())
   using W = typename Blocking<T>::Wide;
@@ -1006,10 +1050,12 @@ BlockSizes block_sizes() {  // the wide configuration's (reported by config())
 
 GemmImpl<float> make_gemm_float() {
   return {PYCONV_ISA_NAME, block_sizes<float>(), &workspace_elems<float>, &run<float>,
+          &packed_a_elems<float>, &pack_a_whole<float>,
           &pack_im2col<float>, &pack_im2col_a<float>, &col2im<float>};
 }
 GemmImpl<double> make_gemm_double() {
   return {PYCONV_ISA_NAME, block_sizes<double>(), &workspace_elems<double>, &run<double>,
+          &packed_a_elems<double>, &pack_a_whole<double>,
           &pack_im2col<double>, &pack_im2col_a<double>, &col2im<double>};
 }
 
