@@ -198,6 +198,16 @@ def test_large_image_without_padded_copy(case):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_huge_pad_without_padded_copy(isa, dtype):
+    # The same fallback on every code path, cheaply: a 2204 x 2205 padded copy
+    # (38 MiB) for a 4 x 5 image, read at stride 64 (35 x 35 outputs).
+    case = ConvCase(2, 2, 4, 5, 3, 3, 3, 64, 1100)
+    plan = _plan(case, dtype)
+    assert not plan["padded"] and not plan["dx_conv"], plan
+    _check_conv(case, dtype, seed=9, layer=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_empty_batch(dtype):
     W = np.ones((4, 3, 3, 3), dtype=dtype)
     conv = Convolution(W, np.zeros(4, dtype=dtype), pad=1)
