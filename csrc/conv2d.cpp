@@ -13,18 +13,12 @@
 
 namespace pyconv {
 
-// Strategy. When the batch splits evenly enough, each thread takes whole
-// images (its own scratch, a serial GEMM): no synchronisation inside an image,
-// every GEMM sees a full core, and small images (MNIST: 30x576x25 GEMMs) are
-// far too small to share. "Evenly enough": the batch is a multiple of the
-// thread count, or at least 4 images per thread (a leftover image then costs
-// at most 1/4 of a thread's work). Otherwise (N = 1 inference, N = 3 on two
-// threads) the threads share each image's GEMMs instead.
 Conv2dShape dx_shape(const Conv2dShape& s) {
   return {s.batch, s.filters, s.out_h(), s.out_w(), s.channels, s.kernel_h, s.kernel_w, 1,
           s.kernel_h - 1 - s.pad};
 }
 
+namespace {
 // Bytes of a zero-padded copy of one image of s, in double: a large pad can
 // overflow int64 here.
 template <typename T>
@@ -33,7 +27,15 @@ double padded_bytes(const Conv2dShape& s) {
          (static_cast<double>(s.height) + 2.0 * static_cast<double>(s.pad)) *
          (static_cast<double>(s.width) + 2.0 * static_cast<double>(s.pad));
 }
+}  // namespace
 
+// Strategy. When the batch splits evenly enough, each thread takes whole
+// images (its own scratch, a serial GEMM): no synchronisation inside an image,
+// every GEMM sees a full core, and small images (MNIST: 30x576x25 GEMMs) are
+// far too small to share. "Evenly enough": the batch is a multiple of the
+// thread count, or at least 4 images per thread (a leftover image then costs
+// at most 1/4 of a thread's work). Otherwise (N = 1 inference, N = 3 on two
+// threads) the threads share each image's GEMMs instead.
 template <typename T>
 ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, bool backward) {
   ConvPlan p{};

@@ -581,6 +581,46 @@ inline void copy_run(const T* __restrict src, int64_t stride, int64_t n, T* __re
   }
 }
 
+// ---- Rows of the column matrix ------------------------------------------------
+// Row r = (c, kh, kw) of one image's column matrix, walked in order: TapCursor
+// starts at any r and steps to the next without divisions.
+struct TapCursor {
+  int64_t c, kh, kw;
+  const Conv2dShape& s;
+  TapCursor(int64_t r, const Conv2dShape& shape)
+      : c(r / (shape.kernel_w * shape.kernel_h)),
+        kh((r / shape.kernel_w) % shape.kernel_h),
+        kw(r % shape.kernel_w),
+        s(shape) {}
+  void next() {
+    if (++kw == s.kernel_w) {
+      kw = 0;
+      if (++kh == s.kernel_h) {
+        kh = 0;
+        ++c;
+      }
+    }
+  }
+};
+
+// Columns [j, j + n) of the cursor's row, from the padded image xp (im2col.h):
+// output (oh, ow) reads row oh*stride + kh, column ow*stride + kw of plane c,
+// so each output row is one run (copy_run).
+template <typename T>
+inline void copy_padded_row(const T* xp, const Conv2dShape& s, const TapCursor& t, int64_t ow_n,
+                            int64_t j, int64_t n, T* d) {
+  const int64_t wp = s.width + 2 * s.pad, row_step = s.stride * wp;
+  const int64_t oh0 = j / ow_n, ow0 = j % ow_n;
+  const T* row = xp + (t.c * (s.height + 2 * s.pad) + oh0 * s.stride + t.kh) * wp + t.kw;
+  int64_t seg = min64(ow_n - ow0, n);
+  copy_run(row + ow0 * s.stride, s.stride, seg, d);
+  for (int64_t done = seg; done < n; done += seg) {  // later runs start at ow = 0
+    row += row_step;
+    seg = min64(ow_n, n - done);
+    copy_run(row, s.stride, seg, d + done);
+  }
+}
+
 // ---- im2col packed straight into B panels ------------------------------------
 // B = the column matrix of one image (row r = (c, kh, kw), column j = (oh, ow))
 // without writing it: rows [pc, pc+kc) x columns [j0, j0+n_cur) into dst as kc
@@ -593,49 +633,33 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
                  int64_t nr, T* dst) {
   const Im2colPanels<T>& panels = *static_cast<const Im2colPanels<T>*>(ctx);
   const Conv2dShape& s = panels.s;
-  const T* const image_end = panels.x + s.channels * s.height * s.width;
   const int64_t oh_n = (s.height + 2 * s.pad - s.kernel_h) / s.stride + 1;
   const int64_t ow_n = (s.width + 2 * s.pad - s.kernel_w) / s.stride + 1;
   const int64_t oh0 = j0 / ow_n, ow0 = j0 % ow_n;
-  int64_t kw = pc % s.kernel_w, kh = (pc / s.kernel_w) % s.kernel_h;
-  int64_t c = pc / (s.kernel_w * s.kernel_h);
+  TapCursor t(pc, s);
   if (panels.xp != nullptr) {
-    // Padded image: tap (c, kh, kw) of output (oh, ow) is at row oh*stride +
-    // kh, column ow*stride + kw of plane c; each output row is one run.
-    const int64_t wp = s.width + 2 * s.pad, plane = (s.height + 2 * s.pad) * wp;
-    const int64_t row_step = s.stride * wp;
-    for (int64_t p = 0; p < kc; ++p, dst += nr) {
-      const T* row = panels.xp + c * plane + (oh0 * s.stride + kh) * wp + kw;
-      int64_t done = 0, seg = min64(ow_n - ow0, n_cur);
-      copy_run(row + ow0 * s.stride, s.stride, seg, dst);
-      for (done = seg; done < n_cur; done += seg) {  // later runs start at ow = 0
-        row += row_step;
-        seg = min64(ow_n, n_cur - done);
-        copy_run(row, s.stride, seg, dst + done);
-      }
+    for (int64_t p = 0; p < kc; ++p, dst += nr, t.next()) {
+      copy_padded_row(panels.xp, s, t, ow_n, j0, n_cur, dst);
       for (int64_t q = n_cur; q < nr; ++q) dst[q] = T(0);
-      if (++kw == s.kernel_w) {
-        kw = 0;
-        if (++kh == s.kernel_h) {
-          kh = 0;
-          ++c;
-        }
-      }
     }
     return;
   }
+  // The bounded packer, for an image too large to pad: per segment, only the
+  // taps inside the image are read, the rest written as zeros.
+  const T* const image_end = panels.x + s.channels * s.height * s.width;
   // Output columns [lo, hi) whose tap kw reads inside the row: ow*stride -
   // pad + kw in [0, width). Cached for small kernels (the divisions cost more
   // than a short row copy).
   constexpr int kCache = 16;
   int64_t lo_of[kCache], hi_of[kCache];
-  auto range = [&](int64_t kw, int64_t* lo, int64_t* hi) {
-    tap_range(kw, s.pad, s.stride, s.width, ow_n, lo, hi);
+  auto range = [&](int64_t tap, int64_t* lo, int64_t* hi) {
+    tap_range(tap, s.pad, s.stride, s.width, ow_n, lo, hi);
   };
   const bool cached = s.kernel_w <= kCache;
   if (cached)
     for (int64_t w = 0; w < s.kernel_w; ++w) range(w, &lo_of[w], &hi_of[w]);
-  for (int64_t p = 0; p < kc; ++p, dst += nr) {
+  for (int64_t p = 0; p < kc; ++p, dst += nr, t.next()) {
+    const int64_t c = t.c, kh = t.kh, kw = t.kw;
     const T* plane = panels.x + c * s.height * s.width;
     int64_t w_lo, w_hi;
     if (cached) {
@@ -665,13 +689,6 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
       ++oh;
     }
     for (int64_t q = done; q < nr; ++q) dst[q] = T(0);
-    if (++kw == s.kernel_w) {  // next row of the column matrix
-      kw = 0;
-      if (++kh == s.kernel_h) {
-        kh = 0;
-        ++c;
-      }
-    }
   }
 }
 
@@ -688,29 +705,10 @@ void pack_im2col_a_cfg(const Im2colPanels<T>& panels, int64_t i0, int64_t m_cur,
   constexpr int64_t KC = C::KC;
   const Conv2dShape& s = panels.s;
   const int64_t ow_n = (s.width + 2 * s.pad - s.kernel_w) / s.stride + 1;
-  const int64_t wp = s.width + 2 * s.pad, plane = (s.height + 2 * s.pad) * wp;
-  const int64_t row_step = s.stride * wp;
-  const int64_t oh0 = pc / ow_n, ow0 = pc % ow_n;
   alignas(64) T rows[MR][KC];  // 3-24 KiB: rows past m_cur are never read
-  int64_t kw = i0 % s.kernel_w, kh = (i0 / s.kernel_w) % s.kernel_h;
-  int64_t c = i0 / (s.kernel_w * s.kernel_h);
-  for (int64_t i = 0; i < m_cur; ++i) {
-    const T* row = panels.xp + c * plane + (oh0 * s.stride + kh) * wp + kw;
-    int64_t seg = min64(ow_n - ow0, kc);
-    copy_run(row + ow0 * s.stride, s.stride, seg, rows[i]);
-    for (int64_t done = seg; done < kc; done += seg) {
-      row += row_step;
-      seg = min64(ow_n, kc - done);
-      copy_run(row, s.stride, seg, rows[i] + done);
-    }
-    if (++kw == s.kernel_w) {
-      kw = 0;
-      if (++kh == s.kernel_h) {
-        kh = 0;
-        ++c;
-      }
-    }
-  }
+  TapCursor t(i0, s);
+  for (int64_t i = 0; i < m_cur; ++i, t.next())
+    copy_padded_row(panels.xp, s, t, ow_n, pc, kc, rows[i]);
   pack_a_panel<C>(kc, m_cur, &rows[0][0], KC, 1, dst);
 }
 
