@@ -212,6 +212,7 @@ struct Zmm<float> {
     return static_cast<K>(n >= L ? 0xFFFFu : n <= 0 ? 0u : (1u << n) - 1u);
   }
   static K even_lanes() { return static_cast<K>(0x5555u); }
+  static V zero() { return _mm512_setzero_ps(); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static V load(K k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
@@ -240,6 +241,7 @@ struct Zmm<double> {
     return static_cast<K>(n >= L ? 0xFFu : n <= 0 ? 0u : (1u << n) - 1u);
   }
   static K even_lanes() { return static_cast<K>(0x55u); }
+  static V zero() { return _mm512_setzero_pd(); }
   static V load(const double* p) { return _mm512_loadu_pd(p); }
   static V load(K k, const double* p) { return _mm512_maskz_loadu_pd(k, p); }
   static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
@@ -423,7 +425,6 @@ void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs,
   if (cs == 1) {  // row copies by whole vectors, a masked tail, zeros to NR
     using Z = Zmm<T>;
     constexpr int L = Z::L;
-    const typename Z::V zero = Z::load(Z::mask(0), b);
     for (int64_t p = 0; p < kc; ++p) {
       const T* src = b + p * rs;
       T* d = dst + p * NR;
@@ -433,7 +434,7 @@ void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs,
         Z::store(d + j, Z::load(Z::mask(n_cur - j), src + j));
         j += L;
       }
-      for (; j < NR; j += L) Z::store(d + j, zero);
+      for (; j < NR; j += L) Z::store(d + j, Z::zero());
     }
     return;
   }
@@ -469,7 +470,6 @@ void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs,
       for (int64_t j = j_pad; j < NR; ++j) dst[p * NR + j] = T(0);
   }
 }
-
 
 // ---- Row segments of im2col and col2im ---------------------------------------
 // copy_taps: d[q] = row[q * stride] for q in [lo, hi) (a segment of an im2col
@@ -603,23 +603,36 @@ struct TapCursor {
   }
 };
 
-// Columns [j, j + n) of the cursor's row, from the padded image xp (im2col.h):
-// output (oh, ow) reads row oh*stride + kh, column ow*stride + kw of plane c,
-// so each output row is one run (copy_run).
+// Rows of one image's column matrix read from its zero-padded copy (im2col.h),
+// from column j0 on: output (oh, ow) of row (c, kh, kw) is at row oh*stride +
+// kh, column ow*stride + kw of plane c, so each output row's columns are one
+// run (copy_run). The first column's position is worked out once per panel,
+// not per row.
 template <typename T>
-inline void copy_padded_row(const T* xp, const Conv2dShape& s, const TapCursor& t, int64_t ow_n,
-                            int64_t j, int64_t n, T* d) {
-  const int64_t wp = s.width + 2 * s.pad, row_step = s.stride * wp;
-  const int64_t oh0 = j / ow_n, ow0 = j % ow_n;
-  const T* row = xp + (t.c * (s.height + 2 * s.pad) + oh0 * s.stride + t.kh) * wp + t.kw;
-  int64_t seg = min64(ow_n - ow0, n);
-  copy_run(row + ow0 * s.stride, s.stride, seg, d);
-  for (int64_t done = seg; done < n; done += seg) {  // later runs start at ow = 0
-    row += row_step;
-    seg = min64(ow_n, n - done);
-    copy_run(row, s.stride, seg, d + done);
+struct PaddedRows {
+  const T* xp;
+  const Conv2dShape& s;
+  int64_t ow_n, wp, plane, oh0, ow0;
+  PaddedRows(const Im2colPanels<T>& panels, int64_t j0)
+      : xp(panels.xp),
+        s(panels.s),
+        ow_n((s.width + 2 * s.pad - s.kernel_w) / s.stride + 1),
+        wp(s.width + 2 * s.pad),
+        plane((s.height + 2 * s.pad) * wp),
+        oh0(j0 / ow_n),
+        ow0(j0 % ow_n) {}
+  // d[q] = column j0 + q of the cursor's row, q < n.
+  void copy(const TapCursor& t, int64_t n, T* d) const {
+    const T* row = xp + t.c * plane + (oh0 * s.stride + t.kh) * wp + t.kw;
+    int64_t seg = min64(ow_n - ow0, n);
+    copy_run(row + ow0 * s.stride, s.stride, seg, d);
+    for (int64_t done = seg; done < n; done += seg) {  // later runs start at ow = 0
+      row += s.stride * wp;
+      seg = min64(ow_n, n - done);
+      copy_run(row, s.stride, seg, d + done);
+    }
   }
-}
+};
 
 // ---- im2col packed straight into B panels ------------------------------------
 // B = the column matrix of one image (row r = (c, kh, kw), column j = (oh, ow))
@@ -638,8 +651,9 @@ void pack_im2col(const void* ctx, int64_t pc, int64_t kc, int64_t j0, int64_t n_
   const int64_t oh0 = j0 / ow_n, ow0 = j0 % ow_n;
   TapCursor t(pc, s);
   if (panels.xp != nullptr) {
+    const PaddedRows<T> rows(panels, j0);
     for (int64_t p = 0; p < kc; ++p, dst += nr, t.next()) {
-      copy_padded_row(panels.xp, s, t, ow_n, j0, n_cur, dst);
+      rows.copy(t, n_cur, dst);
       for (int64_t q = n_cur; q < nr; ++q) dst[q] = T(0);
     }
     return;
@@ -703,13 +717,11 @@ void pack_im2col_a_cfg(const Im2colPanels<T>& panels, int64_t i0, int64_t m_cur,
                        int64_t kc, T* dst) {
   constexpr int MR = C::MR;
   constexpr int64_t KC = C::KC;
-  const Conv2dShape& s = panels.s;
-  const int64_t ow_n = (s.width + 2 * s.pad - s.kernel_w) / s.stride + 1;
-  alignas(64) T rows[MR][KC];  // 3-24 KiB: rows past m_cur are never read
-  TapCursor t(i0, s);
-  for (int64_t i = 0; i < m_cur; ++i, t.next())
-    copy_padded_row(panels.xp, s, t, ow_n, pc, kc, rows[i]);
-  pack_a_panel<C>(kc, m_cur, &rows[0][0], KC, 1, dst);
+  alignas(64) T block[MR][KC];  // 3-24 KiB: rows past m_cur are never read
+  const PaddedRows<T> rows(panels, pc);
+  TapCursor t(i0, panels.s);
+  for (int64_t i = 0; i < m_cur; ++i, t.next()) rows.copy(t, kc, block[i]);
+  pack_a_panel<C>(kc, m_cur, &block[0][0], KC, 1, dst);
 }
 
 template <typename T>
@@ -928,8 +940,9 @@ constexpr int kNtBlock = 4;
 template <typename T>
 bool use_nt_small(const Problem<T>& P) {
   constexpr int64_t L = TransposeVec<T>::L;
-  return P.packer == nullptr && P.a_packer == nullptr && P.packed_a == nullptr && P.a.cs == 1 && P.b.rs == 1 && P.m <= 64 && P.n <= 64 &&
-         P.k >= 4 * L && P.m * P.n * P.k <= (int64_t(1) << 22);
+  const bool plain = P.packer == nullptr && P.a_packer == nullptr && P.packed_a == nullptr;
+  return plain && P.a.cs == 1 && P.b.rs == 1 && P.m <= 64 && P.n <= 64 && P.k >= 4 * L &&
+         P.m * P.n * P.k <= (int64_t(1) << 22);
 }
 
 template <typename T>
