@@ -155,10 +155,10 @@ Im2colPanels<T> im2col_source(const T* x_n, const Conv2dShape& s, bool padded, T
   return {x_n, s, xp};
 }
 
-// y_n = w * col(x_n) (+ b broadcast along rows unless b is null); pw: w
-// packed by GemmImpl::pack_a (w itself is then not read).
+// y_n = w * col(x_n) (+ b broadcast along rows unless b is null), with w
+// given as its GEMM A panels pw (GemmImpl::pack_a, once per call).
 template <typename T>
-void conv_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* pw, const T* b,
+void conv_image(const GemmImpl<T>& g, const T* x_n, const T* pw, const T* b,
                 const Conv2dShape& s, bool padded, bool direct, int gemm_threads, T* xp,
                 T* work, T* y_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
@@ -166,15 +166,15 @@ void conv_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* pw, con
   const PackB<T> packer{g.pack_im2col, &panels};
   if (b != nullptr)
     for (std::int64_t i = 0; i < f; ++i) std::fill(y_n + i * cols, y_n + (i + 1) * cols, b[i]);
-  g.run(f, cols, ckk, T(1), MatRef<T>{w, f, ckk, ckk, 1}, MatRef<T>{x_n, ckk, cols, cols, 1},
+  g.run(f, cols, ckk, T(1), MatRef<T>{nullptr, f, ckk, ckk, 1}, MatRef<T>{x_n, ckk, cols, cols, 1},
         b != nullptr ? T(1) : T(0), y_n, cols, work, gemm_threads, direct ? nullptr : &packer,
         nullptr, pw);
 }
 
 template <typename T>
-void forward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* pw, const T* b,
+void forward_image(const GemmImpl<T>& g, const T* x_n, const T* pw, const T* b,
                    const Conv2dShape& s, const ConvPlan& p, T* xp, T* work, T* y_n) {
-  conv_image(g, x_n, w, pw, b, s, p.padded, p.direct, p.gemm_threads, xp, work, y_n);
+  conv_image(g, x_n, pw, b, s, p.padded, p.direct, p.gemm_threads, xp, work, y_n);
 }
 
 // wf (C x F x KH x KW) <- w (F x C x KH x KW) transposed in (F, C) and
@@ -197,7 +197,7 @@ void flip_kernel(const T* w, const Conv2dShape& s, T* wf) {
 // dy_n. dx_n when wanted; pwx: the A panels of dx's GEMM, packed once per
 // call (the flipped kernel when p.dx_conv, else w^T).
 template <typename T>
-void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* pwx,
+void backward_image(const GemmImpl<T>& g, const T* x_n, const T* pwx,
                     const T* dy_n, const Conv2dShape& s, const ConvPlan& p, bool first, T* xp,
                     T* col, T* work, T* dwt, T* db, T* dx_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
@@ -217,14 +217,15 @@ void backward_image(const GemmImpl<T>& g, const T* x_n, const T* w, const T* pwx
   }
   if (dx_n == nullptr) return;
   if (p.dx_conv) {  // xp is free again: it holds the padded dy_n
-    conv_image(g, dy_n, static_cast<const T*>(nullptr), pwx, static_cast<const T*>(nullptr),
-               dx_shape(s), true, false, p.gemm_threads, xp, work, dx_n);
+    conv_image(g, dy_n, pwx, static_cast<const T*>(nullptr), dx_shape(s), true, false,
+               p.gemm_threads, xp, work, dx_n);
     return;
   }
-  // dcol = w^T * dy_n; col is free again, so it holds dcol.
+  // dcol = w^T * dy_n (w^T packed in pwx); col is free again, so it holds dcol.
   T* dcol = p.direct ? dx_n : col;
-  g.run(ckk, cols, f, T(1), MatRef<T>{w, f, ckk, ckk, 1}.t(), MatRef<T>{dy_n, f, cols, cols, 1},
-        T(0), dcol, cols, work, p.gemm_threads, nullptr, nullptr, pwx);
+  g.run(ckk, cols, f, T(1), MatRef<T>{nullptr, f, ckk, ckk, 1}.t(),
+        MatRef<T>{dy_n, f, cols, cols, 1}, T(0), dcol, cols, work, p.gemm_threads, nullptr,
+        nullptr, pwx);
   if (!p.direct) g.col2im(dcol, s, dx_n);
 }
 
@@ -243,7 +244,7 @@ void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T*
   g.pack_a(f, cols, ckk, MatRef<T>{w, f, ckk, ckk, 1}, pw);
   if (p.team == 1) {
     for (std::int64_t n = 0; n < s.batch; ++n)
-      forward_image(g, x + n * x_img, w, pw, b, s, p, scratch.pad(0), scratch.gemm(0),
+      forward_image(g, x + n * x_img, pw, b, s, p, scratch.pad(0), scratch.gemm(0),
                     y + n * y_img);
     return;
   }
@@ -256,7 +257,7 @@ void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T*
 #endif
 #pragma omp for schedule(dynamic, 1) nowait
     for (std::int64_t n = 0; n < s.batch; ++n)
-      forward_image(g, x + n * x_img, w, pw, b, s, p, scratch.pad(t), scratch.gemm(t),
+      forward_image(g, x + n * x_img, pw, b, s, p, scratch.pad(t), scratch.gemm(t),
                     y + n * y_img);
     join.arrive();
   }
@@ -302,7 +303,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
       return;
     }
     for (std::int64_t n = lo; n < hi; ++n)
-      backward_image(g, x + n * x_img, w, pwx, dy + n * y_img, s, p, n == lo, scratch.pad(t),
+      backward_image(g, x + n * x_img, pwx, dy + n * y_img, s, p, n == lo, scratch.pad(t),
                      scratch.col(t), scratch.gemm(t), pw, pb,
                      dx ? dx + n * x_img : nullptr);
   };

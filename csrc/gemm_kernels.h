@@ -568,7 +568,8 @@ inline void copy_run(const T* __restrict src, int64_t stride, int64_t n, T* __re
     return;
   }
   if (stride == 2) {
-    for (; q + L <= n; q += L) Z::store(d + q, Z::evens(Z::load(src + 2 * q), Z::load(src + 2 * q + L)));
+    for (; q + L <= n; q += L)
+      Z::store(d + q, Z::evens(Z::load(src + 2 * q), Z::load(src + 2 * q + L)));
     if (q < n)
       Z::store(d + q, Z::mask(n - q), Z::evens(Z::load(src + 2 * q), Z::load(src + 2 * q + L)));
     return;
