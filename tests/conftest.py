@@ -12,6 +12,7 @@ import os
 import pytest
 from hypothesis import settings
 
+import pyconv
 from pyconv import _core
 
 settings.register_profile("default", deadline=None, max_examples=50)
@@ -52,3 +53,11 @@ def _run_outside_the_source_tree(tmp_path_factory):
         yield
     finally:
         os.chdir(previous)
+
+
+@pytest.fixture
+def restore_threads():
+    """The thread count before the test (set back after it), for tests that change it."""
+    n = pyconv.get_num_threads()
+    yield n
+    pyconv.set_num_threads(n)

@@ -20,10 +20,8 @@ TINY = ["--limit", "200", "--test-limit", "100", "--epochs", "1", "--batch-size"
 
 
 @pytest.fixture(autouse=True)
-def _restore_threads():
-    n = pyconv.get_num_threads()
-    yield
-    pyconv.set_num_threads(n)
+def _restore_threads(restore_threads):
+    """`pyconv train --threads` sets the count in this process: every test restores it."""
 
 
 @pytest.fixture

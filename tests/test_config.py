@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import pytest
 
 import pyconv
 from pyconv import _core
@@ -32,13 +31,6 @@ def test_show_config_prints_everything(capsys):
     assert str(cfg["compiler"]) in text
     assert str(cfg["simd"]) in text
     assert re.search(rf"^\s*threads\s*:\s*{pyconv.get_num_threads()}\s*$", text, flags=re.M)
-
-
-@pytest.fixture
-def restore_threads():
-    n = pyconv.get_num_threads()
-    yield n
-    pyconv.set_num_threads(n)
 
 
 def test_show_config_follows_settings(capsys, isa, restore_threads):

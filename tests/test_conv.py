@@ -163,15 +163,11 @@ DX_CONV_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", DX_CONV_CASES, ids=str)
 @pytest.mark.parametrize("nthreads", [1, 2])
-def test_dx_as_convolution(isa, case, dtype, nthreads):
+def test_dx_as_convolution(isa, case, dtype, nthreads, restore_threads):
     plan = _plan(case, dtype, nthreads)
     assert plan["padded"] and plan["dx_conv"], plan
-    previous = pyconv.get_num_threads()
     pyconv.set_num_threads(nthreads)
-    try:
-        _check_conv(case, dtype, seed=11, layer=True)
-    finally:
-        pyconv.set_num_threads(previous)
+    _check_conv(case, dtype, seed=11, layer=True)
 
 
 @pytest.mark.parametrize("case", [

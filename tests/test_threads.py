@@ -17,13 +17,6 @@ import pyconv
 import pyconv.functional as F
 
 
-@pytest.fixture
-def restore_threads():
-    n = pyconv.get_num_threads()
-    yield n
-    pyconv.set_num_threads(n)
-
-
 def test_set_zero_threads_is_an_error(restore_threads):
     with pytest.raises(ValueError, match=r"set_num_threads: expected 1 <= n <= 1024, but got 0"):
         pyconv.set_num_threads(0)
