@@ -121,17 +121,19 @@ inline V splat(T s) {
 }
 
 // ---- Micro-kernel ------------------------------------------------------------
-// C[0:m_cur, 0:n_cur] = alpha * (A_panel * B_panel) + beta * C, over kc, using
-// the first NU of the panel's NV vector columns (n_cur <= NU*VL): the last
-// panel of a product whose n is not a multiple of NR runs only the vectors it
-// needs (n = 196 on a 64-wide panel: 3 full panels + one 16-wide, not 4 full).
+// C[0:m_cur, 0:n_cur] = alpha * (A_panel * B_panel) + beta * C, over kc, with
+// NU of the configuration's NV vector columns (n_cur <= NU*VL): the B panel is
+// NU*VL wide (panel_width). The last panel of a product whose n is not a
+// multiple of NR is packed and run only as wide as it needs (n = 196 on a
+// 64-wide panel: 3 full panels + one 16-wide, not 4 full; n = 10: one vector,
+// not 64 columns of which 54 are zeros).
 template <class C, int NU = C::NV, typename T = typename C::T>
 inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b,
                          T* __restrict c, int64_t ldc, T alpha, T beta, int64_t m_cur,
                          int64_t n_cur) {
   using V = typename VecOf<T>::V;
   using VU = typename VecOf<T>::VU;
-  constexpr int MR = C::MR, VL = C::VL, NR = C::NR;
+  constexpr int MR = C::MR, VL = C::VL;
   static_assert(NU >= 1 && NU <= C::NV, "NU vectors of an NV-vector panel");
 
   // Ask for the C tile now, so that its lines arrive during the k loop
@@ -159,7 +161,7 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
       for (int j = 0; j < NU; ++j) acc[i][j] += av * bv[j];
     }
     a += MR;
-    b += NR;
+    b += NU * VL;
   }
 
   // Whole vectors go straight to C; only the lanes past n_cur in the last
@@ -187,7 +189,14 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
   }
 }
 
-// micro_kernel with the fewest vectors that cover n_cur columns.
+// The width a B panel of n_cur columns is packed at: whole vectors, <= NR.
+template <class C>
+inline int64_t panel_width(int64_t n_cur) {
+  return ceil_div(n_cur, C::VL) * C::VL;
+}
+
+// micro_kernel with the fewest vectors that cover n_cur columns (its B panel
+// packed panel_width(n_cur) wide).
 template <class C, int NU = C::NV, typename T = typename C::T>
 inline void micro_kernel_fit(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha,
                              T beta, int64_t m_cur, int64_t n_cur) {
@@ -417,24 +426,25 @@ void pack_a_panel(int64_t kc, int64_t m_cur, const T* a, int64_t rs, int64_t cs,
     for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = T(0);
 }
 
-// B block column panel (kc x n_cur at b, strides rs/cs) -> one kc x NR panel.
+// B block column panel (kc x n_cur at b, strides rs/cs) -> one packed panel:
+// kc rows of nr = panel_width(n_cur), zeros past n_cur.
 template <class C, typename T = typename C::T>
 void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs, T* dst) {
-  constexpr int NR = C::NR;
+  const int64_t nr = panel_width<C>(n_cur);
 #if defined(PYCONV_ISA_AVX512)
-  if (cs == 1) {  // row copies by whole vectors, a masked tail, zeros to NR
+  if (cs == 1) {  // row copies by whole vectors, a masked tail, zeros to nr
     using Z = Zmm<T>;
     constexpr int L = Z::L;
     for (int64_t p = 0; p < kc; ++p) {
       const T* src = b + p * rs;
-      T* d = dst + p * NR;
+      T* d = dst + p * nr;
       int64_t j = 0;
       for (; j + L <= n_cur; j += L) Z::store(d + j, Z::load(src + j));
       if (j < n_cur) {  // lanes past n_cur load as zeros
         Z::store(d + j, Z::load(Z::mask(n_cur - j), src + j));
         j += L;
       }
-      for (; j < NR; j += L) Z::store(d + j, Z::zero());
+      for (; j < nr; j += L) Z::store(d + j, Z::zero());
     }
     return;
   }
@@ -442,9 +452,9 @@ void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs,
   if (cs == 1) {
     for (int64_t p = 0; p < kc; ++p) {
       const T* src = b + p * rs;
-      T* d = dst + p * NR;
+      T* d = dst + p * nr;
       for (int64_t j = 0; j < n_cur; ++j) d[j] = src[j];
-      for (int64_t j = n_cur; j < NR; ++j) d[j] = T(0);
+      for (int64_t j = n_cur; j < nr; ++j) d[j] = T(0);
     }
   } else {
     int64_t j0 = 0;
@@ -456,18 +466,18 @@ void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs,
         const int64_t rows = min64(TB, n_cur - j0);
         int64_t p = 0;
         for (; p + TB <= kc; p += TB)
-          transpose_block(b + j0 * cs + p, cs, rows, dst + p * NR + j0, NR);
+          transpose_block(b + j0 * cs + p, cs, rows, dst + p * nr + j0, nr);
         for (; p < kc; ++p)
           for (int64_t j = j0; j < j0 + TB; ++j)
-            dst[p * NR + j] = j < n_cur ? b[j * cs + p] : T(0);
+            dst[p * nr + j] = j < n_cur ? b[j * cs + p] : T(0);
       }
     }
 #endif
     for (int64_t j = j0; j < n_cur; ++j)
-      for (int64_t p = 0; p < kc; ++p) dst[p * NR + j] = b[j * cs + p * rs];
+      for (int64_t p = 0; p < kc; ++p) dst[p * nr + j] = b[j * cs + p * rs];
     const int64_t j_pad = j0 > n_cur ? j0 : n_cur;
     for (int64_t p = 0; p < kc; ++p)
-      for (int64_t j = j_pad; j < NR; ++j) dst[p * NR + j] = T(0);
+      for (int64_t j = j_pad; j < nr; ++j) dst[p * nr + j] = T(0);
   }
 }
 
@@ -809,7 +819,7 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
         const int64_t col = j0 + jc + jp * NR;
         const int64_t n_cur = min64(NR, j0 + nn - col);
         if (P.packer != nullptr)
-          P.packer->fill(P.packer->ctx, pc, kc_cur, col, n_cur, NR, dst);
+          P.packer->fill(P.packer->ctx, pc, kc_cur, col, n_cur, panel_width<C>(n_cur), dst);
         else
           pack_b_panel<C>(kc_cur, n_cur, P.b.data + pc * P.b.rs + col * P.b.cs, P.b.rs,
                           P.b.cs, dst);
