@@ -266,3 +266,20 @@ def test_backward_does_not_mutate_dout():
     np.testing.assert_array_equal(dout, before)
     dout.setflags(write=False)
     pool.backward(dout)
+
+
+@pytest.mark.parametrize(
+    "bad, pos",
+    [(16, 5), (-1, 0), (2**63 - 1, 7), (-(2**63), 3), (2**62, 6), (-(2**62), 2)],
+)
+def test_backward_argmax_range_check(bad, pos):
+    # Every index in [0, H*W) passes (0 and H*W - 1 included); one bad index
+    # among them is reported at its position, whatever its magnitude.
+    dout = np.ones((1, 1, 2, 4), np.float32)
+    good = np.array([0, 15, 1, 14, 2, 13, 3, 12], np.int64).reshape(1, 1, 2, 4)
+    dx = F.max_pool2d_backward(dout, good, (1, 1, 4, 4))
+    assert dx.sum() == 8 and dx.reshape(-1)[[0, 15]].tolist() == [1, 1]
+    argmax = good.copy()
+    argmax.reshape(-1)[pos] = bad
+    with pytest.raises(ValueError, match=rf"argmax\[{pos}\] = {bad} is outside \[0, H\*W\)"):
+        F.max_pool2d_backward(dout, argmax, (1, 1, 4, 4))
