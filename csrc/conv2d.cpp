@@ -164,11 +164,8 @@ void conv_image(const GemmImpl<T>& g, const T* x_n, const T* pw, const T* b,
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
   const Im2colPanels<T> panels = im2col_source(x_n, s, padded, xp);
   const PackB<T> packer{g.pack_im2col, &panels};
-  if (b != nullptr)
-    for (std::int64_t i = 0; i < f; ++i) std::fill(y_n + i * cols, y_n + (i + 1) * cols, b[i]);
   g.run(f, cols, ckk, T(1), MatRef<T>{nullptr, f, ckk, ckk, 1}, MatRef<T>{x_n, ckk, cols, cols, 1},
-        b != nullptr ? T(1) : T(0), y_n, cols, work, gemm_threads, direct ? nullptr : &packer,
-        nullptr, pw);
+        T(0), y_n, cols, work, gemm_threads, direct ? nullptr : &packer, nullptr, pw, b);
 }
 
 template <typename T>
@@ -210,7 +207,7 @@ void backward_image(const GemmImpl<T>& g, const T* x_n, const T* pwx,
   }
   g.run(ckk, f, cols, T(1), MatRef<T>{src, ckk, cols, cols, 1},
         MatRef<T>{dy_n, f, cols, cols, 1}.t(), first ? T(0) : T(1), dwt, f, work,
-        p.gemm_threads, nullptr, p.padded ? &a_packer : nullptr, nullptr);
+        p.gemm_threads, nullptr, p.padded ? &a_packer : nullptr, nullptr, nullptr);
   for (std::int64_t i = 0; i < f; ++i) {
     const T sum = row_sum(dy_n + i * cols, cols);
     db[i] = first ? sum : db[i] + sum;
@@ -225,7 +222,7 @@ void backward_image(const GemmImpl<T>& g, const T* x_n, const T* pwx,
   T* dcol = p.direct ? dx_n : col;
   g.run(ckk, cols, f, T(1), MatRef<T>{nullptr, f, ckk, ckk, 1}.t(),
         MatRef<T>{dy_n, f, cols, cols, 1}, T(0), dcol, cols, work, p.gemm_threads, nullptr,
-        nullptr, pwx);
+        nullptr, pwx, nullptr);
   if (!p.direct) g.col2im(dcol, s, dx_n);
 }
 

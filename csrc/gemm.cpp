@@ -141,7 +141,7 @@ void gemm(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a, 
   const std::int64_t per_thread = impl.workspace(m, n, k);
   Workspace slab(static_cast<std::size_t>(per_thread * nthreads) * sizeof(T));
   impl.run(m, n, k, alpha, a, b, beta, c, ldc, static_cast<T*>(slab.data()), nthreads, nullptr,
-           nullptr, nullptr);
+           nullptr, nullptr, nullptr);
 }
 
 template void gemm<float>(std::int64_t, std::int64_t, std::int64_t, float, MatRef<float>,

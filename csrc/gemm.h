@@ -54,7 +54,9 @@ struct PackA {
 // product with `nthreads` threads (1: no parallel region at all, safe to call
 // from inside one), thread t using work + t * workspace(m, n, k), with work
 // 64-byte aligned. With a non-null packer, B's panels come from it and b is
-// not read; likewise A's from a non-null a_packer or packed_a.
+// not read; likewise A's from a non-null a_packer or packed_a. A non-null
+// row_bias (m elements) is added to C's rows: C = alpha*A*B + beta*C + bias
+// (a convolution's bias, without a pass that fills C with it first).
 template <typename T>
 struct GemmImpl {
   const char* isa;
@@ -62,7 +64,8 @@ struct GemmImpl {
   std::int64_t (*workspace)(std::int64_t m, std::int64_t n, std::int64_t k);
   void (*run)(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a,
               MatRef<T> b, T beta, T* c, std::int64_t ldc, T* work, int nthreads,
-              const PackB<T>* packer, const PackA<T>* a_packer, const T* packed_a);
+              const PackB<T>* packer, const PackA<T>* a_packer, const T* packed_a,
+              const T* row_bias);
   // All of an m x k A packed once (pack_a) for later run()s with the same m,
   // n, k, given as packed_a: packed_a_elems(m, n, k) elements, 64-byte aligned.
   std::int64_t (*packed_a_elems)(std::int64_t m, std::int64_t n, std::int64_t k);

@@ -129,8 +129,8 @@ inline V splat(T s) {
 // not 64 columns of which 54 are zeros).
 template <class C, int NU = C::NV, typename T = typename C::T>
 inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b,
-                         T* __restrict c, int64_t ldc, T alpha, T beta, int64_t m_cur,
-                         int64_t n_cur) {
+                         T* __restrict c, int64_t ldc, T alpha, T beta, const T* bias,
+                         int64_t m_cur, int64_t n_cur) {
   using V = typename VecOf<T>::V;
   using VU = typename VecOf<T>::VU;
   constexpr int MR = C::MR, VL = C::VL;
@@ -165,7 +165,8 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
   }
 
   // Whole vectors go straight to C; only the lanes past n_cur in the last
-  // vector (and rows past m_cur) take the scalar path.
+  // vector (and rows past m_cur) take the scalar path. A row's bias is added
+  // last (no bias: nothing added, so -0.0 stays -0.0).
   const int64_t full_vecs = n_cur / VL;
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i) {
@@ -174,16 +175,20 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
     for (int j = 0; j < NU; ++j) {
       if (j < full_vecs) {
         VU* cp = reinterpret_cast<VU*>(c + i * ldc + j * VL);
-        if (beta == T(0))
-          *cp = alpha * acc[i][j];
-        else
-          *cp = alpha * acc[i][j] + beta * *cp;
+        V v = alpha * acc[i][j];
+        if (beta != T(0)) v += beta * *cp;
+        if (bias != nullptr) v += splat<V>(bias[i]);
+        *cp = v;
       } else if (j == full_vecs) {
         alignas(64) T lane[VL];
         *reinterpret_cast<V*>(lane) = acc[i][j];
         T* cp = c + i * ldc + j * VL;
-        for (int64_t l = 0; l < n_cur - j * VL; ++l)
-          cp[l] = beta == T(0) ? alpha * lane[l] : alpha * lane[l] + beta * cp[l];
+        for (int64_t l = 0; l < n_cur - j * VL; ++l) {
+          T v = alpha * lane[l];
+          if (beta != T(0)) v += beta * cp[l];
+          if (bias != nullptr) v += bias[i];
+          cp[l] = v;
+        }
       }
     }
   }
@@ -199,14 +204,14 @@ inline int64_t panel_width(int64_t n_cur) {
 // packed panel_width(n_cur) wide).
 template <class C, int NU = C::NV, typename T = typename C::T>
 inline void micro_kernel_fit(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha,
-                             T beta, int64_t m_cur, int64_t n_cur) {
+                             T beta, const T* bias, int64_t m_cur, int64_t n_cur) {
   if constexpr (NU > 1) {
     if (n_cur <= (NU - 1) * C::VL) {
-      micro_kernel_fit<C, NU - 1>(kc, a, b, c, ldc, alpha, beta, m_cur, n_cur);
+      micro_kernel_fit<C, NU - 1>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
       return;
     }
   }
-  micro_kernel<C, NU>(kc, a, b, c, ldc, alpha, beta, m_cur, n_cur);
+  micro_kernel<C, NU>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
 }
 
 #if defined(PYCONV_ISA_AVX512)
@@ -784,6 +789,7 @@ struct Problem {
   const PackB<T>* packer;    // null: pack from the strided b
   const PackA<T>* a_packer;  // null: pack from the strided a
   const T* packed_a;         // non-null: all of A packed by pack_a_whole (a not read)
+  const T* row_bias;         // non-null: row_bias[i] added to row i of C
 };
 
 // Scratch of one thread: its packed B block (KC x NC, 64-byte aligned first)
@@ -815,6 +821,8 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
     for (int64_t pc = 0; pc < P.k; pc += KC) {  // loop 4: pc
       const int64_t kc_cur = min64(KC, P.k - pc);
       const T beta_cur = pc == 0 ? P.beta : T(1);
+      const T* bias_cur = pc == 0 ? P.row_bias : nullptr;  // added once, with beta's term
+      auto bias_at = [&](int64_t row) { return bias_cur != nullptr ? bias_cur + row : nullptr; };
       auto pack_b_at = [&](int64_t jp, T* dst) {  // panel jp: kc x NR
         const int64_t col = j0 + jc + jp * NR;
         const int64_t n_cur = min64(NR, j0 + nn - col);
@@ -853,7 +861,8 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
           pack_b_at(jp, pack_b);
           for (int64_t ir = 0; ir < mm; ir += MR)
             micro_kernel_fit<C>(kc_cur, pa + ir * kc_cur, pack_b, P.c + (i0 + ir) * P.ldc + col,
-                                P.ldc, P.alpha, beta_cur, min64(MR, mm - ir), n_cur);
+                                P.ldc, P.alpha, beta_cur, bias_at(i0 + ir), min64(MR, mm - ir),
+                                n_cur);
         }
         continue;
       }
@@ -868,7 +877,8 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
           const T* pb = pack_b + jp * NR * kc_cur;
           for (int64_t ir = 0; ir < mc_cur; ir += MR)  // loop 1: ir
             micro_kernel_fit<C>(kc_cur, pa + ir * kc_cur, pb, P.c + (row0 + ir) * P.ldc + col,
-                                P.ldc, P.alpha, beta_cur, min64(MR, mc_cur - ir), n_cur);
+                                P.ldc, P.alpha, beta_cur, bias_at(row0 + ir),
+                                min64(MR, mc_cur - ir), n_cur);
         }
       }
     }
@@ -951,7 +961,8 @@ constexpr int kNtBlock = 4;
 template <typename T>
 bool use_nt_small(const Problem<T>& P) {
   constexpr int64_t L = TransposeVec<T>::L;
-  const bool plain = P.packer == nullptr && P.a_packer == nullptr && P.packed_a == nullptr;
+  const bool plain = P.packer == nullptr && P.a_packer == nullptr && P.packed_a == nullptr &&
+                     P.row_bias == nullptr;
   return plain && P.a.cs == 1 && P.b.rs == 1 && P.m <= 64 && P.n <= 64 && P.k >= 4 * L &&
          P.m * P.n * P.k <= (int64_t(1) << 22);
 }
@@ -1027,14 +1038,18 @@ int64_t workspace_elems(int64_t m, int64_t n, int64_t k) {
 template <typename T>
 void run(int64_t m, int64_t n, int64_t k, T alpha, MatRef<T> a, MatRef<T> b, T beta, T* c,
          int64_t ldc, T* work, int nthreads, const PackB<T>* packer,
-         const PackA<T>* a_packer, const T* packed_a) {
+         const PackA<T>* a_packer, const T* packed_a, const T* row_bias) {
   if (m <= 0 || n <= 0) return;
-  if (k <= 0 || alpha == T(0)) {  // C = beta * C, A and B not read
+  if (k <= 0 || alpha == T(0)) {  // C = beta * C (+ bias), A and B not read
     for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+      for (int64_t j = 0; j < n; ++j) {
+        T v = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+        if (row_bias != nullptr) v += row_bias[i];
+        c[i * ldc + j] = v;
+      }
     return;
   }
-  const Problem<T> P{m, n, k, alpha, a, b, beta, c, ldc, packer, a_packer, packed_a};
+  const Problem<T> P{m, n, k, alpha, a, b, beta, c, ldc, packer, a_packer, packed_a, row_bias};
 #if defined(PYCONV_ISA_AVX512)
   if (use_nt_small(P)) {  // serial: <= 2^23 flops, below the 2-thread threshold
     gemm_nt_small(P);

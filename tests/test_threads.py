@@ -36,10 +36,14 @@ def _with_threads(n, fn):
     return fn()
 
 
-# (N, C, H, W, FN, K, stride, pad): one image (threads share each GEMM), a
-# batch (threads take whole images), an odd batch and the 1x1 direct path.
+# (N, C, H, W, FN, K, stride, pad): one image (threads share each GEMM: by
+# columns; by rows, where each thread's rows take their own bias entries; more
+# filters than one MC block), a batch (threads take whole images), an odd
+# batch and the 1x1 direct path.
 THREAD_CASES = [
     (1, 3, 20, 20, 8, 3, 1, 1),
+    (1, 8, 6, 6, 40, 3, 1, 1),
+    (1, 4, 5, 5, 150, 3, 1, 1),
     (6, 3, 12, 12, 5, 5, 1, 2),
     (5, 4, 9, 9, 6, 3, 2, 0),
     (4, 16, 7, 7, 32, 1, 1, 0),
