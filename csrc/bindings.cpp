@@ -11,6 +11,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "conv2d.h"
 #include "gemm.h"
@@ -469,6 +470,41 @@ Arr<T> relu_backward_py(const Arr<T>& dout, const py::array_t<bool, py::array::c
   return dx;
 }
 
+// ---- Adam ----------------------------------------------------------------------
+template <typename T>
+void adam_update_py(Arr<T> w, const Arr<T>& g, Arr<T> m, Arr<T> v, double lr_t, double c1,
+                    double c2, double eps) {
+  const char* op = "adam_update";
+  const std::pair<const char*, const py::array*> arrays[] = {{"w", &w}, {"g", &g}, {"m", &m},
+                                                             {"v", &v}};
+  for (const auto& [name, a] : arrays) {
+    check_aligned(op, name, *a);
+    if (a->size() != w.size()) {
+      std::ostringstream os;
+      os << op << ": expected " << name << " of " << w.size() << " elements (as w), but got "
+         << a->size();
+      fail(os.str());
+    }
+  }
+  for (const auto& [name, a] : {arrays[0], arrays[2], arrays[3]})
+    if (!a->writeable()) fail(std::string(op) + ": " + name + " is read-only");
+  for (int i = 0; i < 4; ++i)
+    for (int j = i + 1; j < 4; ++j)
+      if (overlaps(*arrays[i].second, *arrays[j].second))
+        fail(std::string(op) + ": " + arrays[i].first + " and " + arrays[j].first +
+             " must not overlap");
+  T* wp = w.mutable_data();
+  const T* gp = g.data();
+  T* mp = m.mutable_data();
+  T* vp = v.mutable_data();
+  const int64_t n = static_cast<int64_t>(w.size());
+  {
+    py::gil_scoped_release release;
+    adam_update(wp, gp, mp, vp, n, static_cast<T>(lr_t), static_cast<T>(c1),
+                static_cast<T>(c2), static_cast<T>(eps));
+  }
+}
+
 template <typename T>
 void def_ops(py::module_& m) {
   m.def("im2col", &im2col_py<T>, "x"_a.noconvert(), "kernel_h"_a, "kernel_w"_a, "stride"_a,
@@ -489,6 +525,10 @@ void def_ops(py::module_& m) {
         "argmax"_a.noconvert(), "height"_a, "width"_a);
   m.def("relu_forward", &relu_forward_py<T>, "x"_a.noconvert(), "Returns (y, mask).");
   m.def("relu_backward", &relu_backward_py<T>, "dout"_a.noconvert(), "mask"_a.noconvert());
+  m.def("adam_update", &adam_update_py<T>, "w"_a.noconvert(), "g"_a.noconvert(),
+        "m"_a.noconvert(), "v"_a.noconvert(), "lr_t"_a, "c1"_a, "c2"_a, "eps"_a,
+        "One Adam step in place: m += c1*(g - m); v += c2*(g*g - v); "
+        "w -= lr_t * m / (sqrt(v) + eps).");
 }
 
 py::dict blocking_dict(const BlockSizes& b) {

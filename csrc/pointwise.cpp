@@ -1,7 +1,9 @@
 // Elementwise kernels; see pointwise.h. One pass over memory each (NumPy
-// needs two for ReLU forward with its mask), split over threads.
+// needs two for ReLU forward with its mask, twelve for an Adam step), split
+// over threads.
 #include "pointwise.h"
 
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -49,9 +51,31 @@ void relu_backward(const T* dout, const bool* mask, std::int64_t n, T* dx) {
   }
 }
 
+template <typename T>
+void adam_update(T* w, const T* g, T* m, T* v, std::int64_t n, T lr_t, T c1, T c2, T eps) {
+  TeamJoin join;
+#pragma omp parallel num_threads(num_threads()) if (n >= kParallelElems)
+  {
+#pragma omp for simd schedule(static) nowait
+    for (std::int64_t i = 0; i < n; ++i) {
+      const T gi = g[i];
+      const T mi = m[i] + (gi - m[i]) * c1;
+      const T vi = v[i] + (gi * gi - v[i]) * c2;
+      m[i] = mi;
+      v[i] = vi;
+      w[i] -= mi / (std::sqrt(vi) + eps) * lr_t;
+    }
+    join.arrive();
+  }
+}
+
 template void relu_forward<float>(const float*, std::int64_t, float*, bool*);
 template void relu_forward<double>(const double*, std::int64_t, double*, bool*);
 template void relu_backward<float>(const float*, const bool*, std::int64_t, float*);
 template void relu_backward<double>(const double*, const bool*, std::int64_t, double*);
+template void adam_update<float>(float*, const float*, float*, float*, std::int64_t, float, float,
+                                 float, float);
+template void adam_update<double>(double*, const double*, double*, double*, std::int64_t, double,
+                                  double, double, double);
 
 }  // namespace pyconv

@@ -12,6 +12,10 @@ import math
 
 import numpy as np
 
+from . import _core
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
 __all__ = [
     "SGD",
     "AdaGrad",
@@ -46,6 +50,15 @@ def _check_fraction(cls: str, name: str, value) -> float:
     if not 0.0 <= v < 1.0:
         raise ValueError(f"{cls}: expected 0 <= {name} < 1, but got {value!r}")
     return v
+
+
+def _fused(param: np.ndarray, grad: np.ndarray) -> bool:
+    """Whether the compiled in-place kernels can update ``param`` (and its
+    state arrays, made like it): C-contiguous, aligned and writeable float32 or
+    float64, with a gradient of the same dtype."""
+    f = param.flags
+    return (param.dtype in _FLOATS and grad.dtype == param.dtype and f.c_contiguous
+            and f.aligned and f.writeable)
 
 
 class Optimizer:
@@ -233,6 +246,14 @@ class Adam(Optimizer):
     def _step(self, key, param, grad):
         m = self._buffer(self.m, key, param)
         v = self._buffer(self.v, key, param)
+        if _fused(param, grad):  # the same operations in one pass (and in parallel)
+            g = np.ascontiguousarray(grad)
+            if np.may_share_memory(g, param) or np.may_share_memory(g, m) or \
+                    np.may_share_memory(g, v):
+                g = g.copy()
+            _core.adam_update(param, g, m, v, self._lr_t, 1 - self.beta1, 1 - self.beta2,
+                              self.eps)
+            return
         scratch = self._buffer(self._scratch, key, param)
         t = param.dtype.type
         np.subtract(grad, m, out=scratch)       # dW - m

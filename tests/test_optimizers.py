@@ -152,3 +152,82 @@ def test_get_optimizer():
     with pytest.raises(TypeError):
         get_optimizer(Adam)
     assert repr(Adam()) == "Adam(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-07)"
+
+
+# ---- Adam's compiled one-pass step (contiguous float32/float64 parameters) -----
+
+
+def _adam_oracle(p, grads, lr, b1, b2, eps):
+    """Adam's book formulas, step by step, in float64."""
+    p = p.astype(np.float64)
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for it, g in enumerate(grads, start=1):
+        g = g.astype(np.float64)
+        lr_t = lr * math.sqrt(1 - b2**it) / (1 - b1**it)
+        m += (1 - b1) * (g - m)
+        v += (1 - b2) * (g * g - v)
+        p -= lr_t * m / (np.sqrt(v) + eps)
+    return p
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [7, 70_001])  # below and above the 2-thread threshold
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_compiled_step_equals_numpy_path_and_oracle(restore_threads, dtype, n, threads):
+    import pyconv
+
+    pyconv.set_num_threads(threads)
+    rng = np.random.default_rng(5)
+    p0 = rng.standard_normal(n).astype(dtype)
+    grads = [(rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3, n)).astype(dtype)
+             for _ in range(4)]
+    # The same values in a contiguous array (the compiled kernel) and in a
+    # strided view (the NumPy path, which keeps the book's twelve operations).
+    fast = {"W": p0.copy()}
+    wide = np.zeros((n, 2), dtype)
+    wide[:, 0] = p0
+    slow = {"W": wide[:, 0]}
+    assert fast["W"].flags.c_contiguous and not slow["W"].flags.c_contiguous
+    opt_fast, opt_slow = Adam(lr=0.01), Adam(lr=0.01)
+    for g in grads:
+        opt_fast.update(fast, {"W": g})
+        opt_slow.update(slow, {"W": g})
+    # Same operations, same roundings: equal bit for bit, state included.
+    np.testing.assert_array_equal(fast["W"], slow["W"])
+    np.testing.assert_array_equal(opt_fast.m["W"], opt_slow.m["W"])
+    np.testing.assert_array_equal(opt_fast.v["W"], opt_slow.v["W"])
+    want = _adam_oracle(p0, grads, 0.01, 0.9, 0.999, 1e-7)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(fast["W"], want, rtol=tol, atol=tol)
+
+
+def test_adam_gradient_that_is_the_parameter_itself():
+    # An aliased gradient is read as it was before the step (as the NumPy path does).
+    p = np.array([1.0, -2.0, 3.0])
+    q = np.zeros((3, 2))
+    q[:, 0] = p
+    a, b = Adam(lr=0.1), Adam(lr=0.1)
+    a.update({"W": p}, {"W": p})
+    b.update({"W": q[:, 0]}, {"W": q[:, 0]})
+    np.testing.assert_array_equal(p, q[:, 0])
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda w, g, m, v: (w, g[:3], m, v), "expected g of 4 elements"),
+        (lambda w, g, m, v: (w, g, m, v[:2]), "expected v of 4 elements"),
+        (lambda w, g, m, v: (w, g, w, v), "w and m must not overlap"),
+        (lambda w, g, m, v: (w, m, m, v), "g and m must not overlap"),
+    ],
+)
+def test_adam_kernel_rejects_bad_arguments(call, match):
+    from pyconv import _core
+
+    w, g, m, v = (np.zeros(4) for _ in range(4))
+    with pytest.raises(ValueError, match=match):
+        _core.adam_update(*call(w, g, m, v), 0.1, 0.1, 0.001, 1e-7)
+    w.flags.writeable = False
+    with pytest.raises(ValueError, match="w is read-only"):
+        _core.adam_update(w, g, m, v, 0.1, 0.1, 0.001, 1e-7)
