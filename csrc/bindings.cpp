@@ -11,6 +11,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "conv2d.h"
@@ -347,12 +348,9 @@ py::tuple conv2d_backward_py(const Arr<T>& x, const Arr<T>& w, const Arr<T>& dy,
 }
 
 // ---- max pooling -------------------------------------------------------------
-template <typename T>
-py::tuple max_pool2d_forward_py(const Arr<T>& x, int64_t kh, int64_t kw, int64_t stride,
-                                int64_t pad) {
-  const char* op = "max_pool2d_forward";
-  check_aligned(op, "x", x);
-  check_ndim(op, "x", x, 4, "(N, C, H, W)");
+// The pooling of a 4-D input of shape (n, c, h, w), checked.
+Pool2dShape pool_shape(const char* op, int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh,
+                       int64_t kw, int64_t stride, int64_t pad) {
   check_min(op, "pool_h", kh, 1);
   check_min(op, "pool_w", kw, 1);
   check_min(op, "pad", pad, 0);
@@ -362,16 +360,35 @@ py::tuple max_pool2d_forward_py(const Arr<T>& x, int64_t kh, int64_t kw, int64_t
        << ") for pool (" << kh << ", " << kw << "), but got pad=" << pad;
     fail(os.str());
   }
-  const int64_t n = x.shape(0), c = x.shape(1), h = x.shape(2), w = x.shape(3);
   check_min(op, "H", h, 1);
   check_min(op, "W", w, 1);
   stride = check_window(op, "input", h, w, kh, kw, stride, pad, "the pool window");
-  const Pool2dShape s{n, c, h, w, kh, kw, stride, pad};
-  Arr<T> y = new_array<T>({n, c, s.out_h(), s.out_w()});
-  Arr<int64_t> am = new_array<int64_t>({n, c, s.out_h(), s.out_w()});
+  return {n, c, h, w, kh, kw, stride, pad};
+}
+
+// Index is int64_t (flat plane indices, the public form) or uint8_t (window
+// offsets, the Pooling layer's; windows of at most kMaxWindowArgmax).
+template <typename T, typename Index>
+py::tuple max_pool2d_forward_py(const Arr<T>& x, int64_t kh, int64_t kw, int64_t stride,
+                                int64_t pad) {
+  const char* op = std::is_same_v<Index, uint8_t> ? "max_pool2d_forward_window"
+                                                   : "max_pool2d_forward";
+  check_aligned(op, "x", x);
+  check_ndim(op, "x", x, 4, "(N, C, H, W)");
+  const Pool2dShape s =
+      pool_shape(op, x.shape(0), x.shape(1), x.shape(2), x.shape(3), kh, kw, stride, pad);
+  if (std::is_same_v<Index, uint8_t> && kh * kw > kMaxWindowArgmax) {
+    std::ostringstream os;
+    os << op << ": expected a window of at most " << kMaxWindowArgmax
+       << " elements, but got pool (" << kh << ", " << kw << ")";
+    fail(os.str());
+  }
+  Arr<T> y = new_array<T>({s.batch, s.channels, s.out_h(), s.out_w()});
+  py::array_t<Index, py::array::c_style> am =
+      new_array<Index>({s.batch, s.channels, s.out_h(), s.out_w()});
   const T* xp = x.data();
   T* yp = y.mutable_data();
-  int64_t* ap = am.mutable_data();
+  Index* ap = am.mutable_data();
   {
     py::gil_scoped_release release;
     max_pool2d_forward(xp, s, yp, ap);
@@ -425,6 +442,48 @@ Arr<T> max_pool2d_backward_py(const Arr<T>& dy, const Arr<int64_t>& argmax, int6
   {
     py::gil_scoped_release release;
     max_pool2d_backward(dyp, ap, n * c, in_plane, out_plane, dxp);
+  }
+  return dx;
+}
+
+template <typename T>
+Arr<T> max_pool2d_backward_window_py(const Arr<T>& dy,
+                                     const py::array_t<uint8_t, py::array::c_style>& offsets,
+                                     int64_t h, int64_t w, int64_t kh, int64_t kw,
+                                     int64_t stride, int64_t pad) {
+  const char* op = "max_pool2d_backward_window";
+  check_aligned(op, "dout", dy);
+  check_ndim(op, "dout", dy, 4, "(N, C, OH, OW)");
+  const Pool2dShape s = pool_shape(op, dy.shape(0), dy.shape(1), h, w, kh, kw, stride, pad);
+  if (dy.shape(2) != s.out_h() || dy.shape(3) != s.out_w()) {
+    std::ostringstream os;
+    os << op << ": expected dout of shape (" << s.batch << ", " << s.channels << ", "
+       << s.out_h() << ", " << s.out_w() << ") for input (" << h << ", " << w
+       << "), but got " << shape_str(dy);
+    fail(os.str());
+  }
+  if (offsets.ndim() != 4 || !std::equal(dy.shape(), dy.shape() + 4, offsets.shape())) {
+    fail(std::string(op) + ": expected argmax of the shape of dout " + shape_str(dy) +
+         ", but got " + shape_str(offsets));
+  }
+  checked_mul(op, "dx", {s.batch, s.channels, h, w});
+  const uint8_t* ap = offsets.data();
+  const int64_t count = static_cast<int64_t>(offsets.size()), kk = kh * kw;
+  uint8_t top = 0;  // a max that vectorizes, then the first bad offset if any
+  for (int64_t i = 0; i < count; ++i) top = ap[i] > top ? ap[i] : top;
+  for (int64_t i = 0; top >= kk && i < count; ++i)
+    if (ap[i] >= kk) {
+      std::ostringstream os;
+      os << op << ": argmax[" << i << "] = " << int(ap[i]) << " is outside the window of "
+         << kk << " elements";
+      fail(os.str());
+    }
+  Arr<T> dx = new_array<T>({s.batch, s.channels, h, w});
+  const T* dyp = dy.data();
+  T* dxp = dx.mutable_data();
+  {
+    py::gil_scoped_release release;
+    max_pool2d_backward(dyp, ap, s, dxp);
   }
   return dx;
 }
@@ -519,8 +578,14 @@ void def_ops(py::module_& m) {
   m.def("conv2d_backward", &conv2d_backward_py<T>, "x"_a.noconvert(), "w"_a.noconvert(),
         "dout"_a.noconvert(), "stride"_a, "pad"_a, "need_dx"_a = true,
         "Returns (dx or None, dw, db).");
-  m.def("max_pool2d_forward", &max_pool2d_forward_py<T>, "x"_a.noconvert(), "kernel_h"_a,
-        "kernel_w"_a, "stride"_a, "pad"_a, "Returns (y, argmax).");
+  m.def("max_pool2d_forward", &max_pool2d_forward_py<T, int64_t>, "x"_a.noconvert(),
+        "kernel_h"_a, "kernel_w"_a, "stride"_a, "pad"_a, "Returns (y, argmax).");
+  m.def("max_pool2d_forward_window", &max_pool2d_forward_py<T, uint8_t>, "x"_a.noconvert(),
+        "kernel_h"_a, "kernel_w"_a, "stride"_a, "pad"_a,
+        "Returns (y, argmax as uint8 offsets kh*KW + kw inside each window).");
+  m.def("max_pool2d_backward_window", &max_pool2d_backward_window_py<T>, "dout"_a.noconvert(),
+        "argmax"_a.noconvert(), "height"_a, "width"_a, "kernel_h"_a, "kernel_w"_a, "stride"_a,
+        "pad"_a);
   m.def("max_pool2d_backward", &max_pool2d_backward_py<T>, "dout"_a.noconvert(),
         "argmax"_a.noconvert(), "height"_a, "width"_a);
   m.def("relu_forward", &relu_forward_py<T>, "x"_a.noconvert(), "Returns (y, mask).");

@@ -135,7 +135,14 @@ class Pooling:
     other real types promote as in :func:`pyconv.functional.compute_dtype`.
     ``backward(dout)`` -> dx (N, C, H, W): each gradient goes to its window's
     argmax (first maximum in row-major order; a NaN wins).
+
+    ``argmax`` (after a forward): int64 (N, C, OH, OW), the flat index
+    ``h * W + w`` of each window's maximum in its input plane. The layer keeps
+    it as one byte per window (the offset inside the window, for windows of at
+    most 256 elements) and computes this array only when it is read.
     """
+
+    _WINDOW_ARGMAX_MAX = 256  # windows up to this size keep uint8 offsets
 
     def __init__(self, pool_h, pool_w, stride=1, pad=0):
         self.pool_h = _check_hyper("pool_h", pool_h, 1)
@@ -149,14 +156,32 @@ class Pooling:
                 f"({self.pool_h}, {self.pool_w}), but got pad={self.pad}"
             )
         self.x_shape = None
-        self.argmax = None
+        self._argmax = None  # int64 plane indices, or uint8 window offsets
         self._dtype = None
+
+    @property
+    def _windowed(self) -> bool:
+        return self.pool_h * self.pool_w <= self._WINDOW_ARGMAX_MAX
+
+    @property
+    def argmax(self):
+        a = self._argmax
+        if a is None or a.dtype == np.int64:
+            return a
+        # offset k -> row oh*stride - pad + k // pool_w, column ow*stride - pad + k % pool_w
+        _, _, h, w = self.x_shape
+        oh, ow = a.shape[2], a.shape[3]
+        k = a.astype(np.int64)
+        rows = (np.arange(oh) * self.stride - self.pad)[:, None] + k // self.pool_w
+        cols = (np.arange(ow) * self.stride - self.pad)[None, :] + k % self.pool_w
+        return rows * w + cols
 
     def forward(self, x):
         """x : (N, C, H, W) -> (N, C, OH, OW)."""
         xa = np.asarray(x)
         dtype = F.compute_dtype(xa.dtype, "x")
-        out, self.argmax = F._core.max_pool2d_forward(
+        fwd = F._core.max_pool2d_forward_window if self._windowed else F._core.max_pool2d_forward
+        out, self._argmax = fwd(
             F.as_compute_array(xa, dtype, "x"), self.pool_h, self.pool_w, self.stride, self.pad
         )
         self.x_shape = xa.shape
@@ -165,11 +190,16 @@ class Pooling:
 
     def backward(self, dout):
         """dout : (N, C, OH, OW) -> dx (N, C, H, W)."""
-        if self.argmax is None:
+        if self._argmax is None:
             raise ValueError("Pooling.backward: called before forward")
-        _check_dout("Pooling", dout, self.argmax.shape)
+        _check_dout("Pooling", dout, self._argmax.shape)
         dout = F.as_compute_array(dout, self._dtype, "dout")
-        return F._core.max_pool2d_backward(dout, self.argmax, self.x_shape[2], self.x_shape[3])
+        h, w = self.x_shape[2], self.x_shape[3]
+        if self._argmax.dtype == np.uint8:
+            return F._core.max_pool2d_backward_window(
+                dout, self._argmax, h, w, self.pool_h, self.pool_w, self.stride, self.pad
+            )
+        return F._core.max_pool2d_backward(dout, self._argmax, h, w)
 
     def __repr__(self):
         return f"Pooling(pool=({self.pool_h}, {self.pool_w}), stride={self.stride}, pad={self.pad})"

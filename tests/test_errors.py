@@ -188,6 +188,18 @@ CASES = [
     ("pool argmax negative", lambda: F.max_pool2d_backward(
         np.zeros((1, 1, 1, 1)), np.array([[[[-1]]]]), (1, 1, 4, 4)),
      ValueError, r"argmax\[0\] = -1"),
+    ("pool window argmax too large", lambda: _core.max_pool2d_backward_window(
+        np.zeros((1, 1, 1, 2)), np.array([[[[3, 4]]]], np.uint8), 2, 4, 2, 2, 2, 0),
+     ValueError, r"argmax\[1\] = 4 is outside the window of 4 elements"),
+    ("pool window argmax shape", lambda: _core.max_pool2d_backward_window(
+        np.zeros((1, 1, 1, 2)), np.zeros((1, 1, 2, 1), np.uint8), 2, 4, 2, 2, 2, 0),
+     ValueError, r"expected argmax of the shape of dout"),
+    ("pool window dout shape", lambda: _core.max_pool2d_backward_window(
+        np.zeros((1, 1, 1, 3)), np.zeros((1, 1, 1, 3), np.uint8), 2, 4, 2, 2, 2, 0),
+     ValueError, r"expected dout of shape \(1, 1, 1, 2\)"),
+    ("pool window too large for bytes", lambda: _core.max_pool2d_forward_window(
+        np.zeros((1, 1, 20, 20)), 17, 16, 1, 0),
+     ValueError, r"at most 256 elements"),
     ("pool x_shape length", lambda: F.max_pool2d_backward(
         np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1, 1), np.int64), (4, 4)),
      ValueError, r"x_shape"),
