@@ -224,6 +224,11 @@ class Adam(Optimizer):
     ``iter += 1``; ``lr_t = lr * sqrt(1 - beta2**iter) / (1 - beta1**iter)``;
     ``m += (1 - beta1) * (dW - m)``; ``v += (1 - beta2) * (dW**2 - v)``;
     ``W -= lr_t * m / (sqrt(v) + eps)`` (eps = 1e-7).
+
+    Contiguous float32/float64 parameters are updated by one compiled pass
+    with NumPy's roundings, except that subnormal values (below ~1.2e-38 in
+    float32) count as zero: the moments of weights whose gradient stays 0
+    decay into that range, where arithmetic is ~30x slower.
     """
 
     def __init__(self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999,

@@ -231,3 +231,27 @@ def test_adam_kernel_rejects_bad_arguments(call, match):
     w.flags.writeable = False
     with pytest.raises(ValueError, match="w is read-only"):
         _core.adam_update(w, g, m, v, 0.1, 0.1, 0.001, 1e-7)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [5, 70_001])
+def test_adam_kernel_flushes_subnormals_and_restores_the_mode(restore_threads, n, threads):
+    # Moments that decayed below the smallest normal float count as zero (an
+    # Adam step on subnormals ran 30x slower); the caller's floating-point
+    # mode is restored afterwards.
+    import pyconv
+    from pyconv import _core
+
+    pyconv.set_num_threads(threads)
+    tiny = np.float32(1e-39)  # subnormal
+    w = np.ones(n, np.float32)
+    g = np.zeros(n, np.float32)
+    g[0] = tiny
+    m = np.full(n, tiny, np.float32)
+    v = np.full(n, 1e-12, np.float32)
+    _core.adam_update(w, g, m, v, 1e-3, 0.1, 0.001, 1e-7)
+    assert not m.any()  # m + (0 - m) * 0.1 with m read as zero
+    np.testing.assert_array_equal(v, np.float32(1e-12) + (0 - np.float32(1e-12)) *
+                                  np.float32(0.001))
+    np.testing.assert_array_equal(w, 1.0)
+    assert tiny * np.float32(0.5) != 0  # this thread computes subnormals again
