@@ -126,8 +126,10 @@ inline V splat(T s) {
 // NU*VL wide (panel_width). The last panel of a product whose n is not a
 // multiple of NR is packed and run only as wide as it needs (n = 196 on a
 // 64-wide panel: 3 full panels + one 16-wide, not 4 full; n = 10: one vector,
-// not 64 columns of which 54 are zeros).
-template <class C, int NU = C::NV, typename T = typename C::T>
+// not 64 columns of which 54 are zeros). Likewise only the first MU of the
+// panel's MR rows are multiplied (m_cur <= MU): a last row panel with 1 of 12
+// rows does one row's work, not twelve.
+template <class C, int NU = C::NV, int MU = C::MR, typename T = typename C::T>
 inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b,
                          T* __restrict c, int64_t ldc, T alpha, T beta, const T* bias,
                          int64_t m_cur, int64_t n_cur) {
@@ -135,6 +137,7 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
   using VU = typename VecOf<T>::VU;
   constexpr int MR = C::MR, VL = C::VL;
   static_assert(NU >= 1 && NU <= C::NV, "NU vectors of an NV-vector panel");
+  static_assert(MU >= 1 && MU <= MR, "MU rows of an MR-row panel");
 
   // Ask for the C tile now, so that its lines arrive during the k loop
   // instead of stalling the update (C is revisited once per KC block and a
@@ -143,9 +146,9 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
 #pragma GCC unroll 8
     for (int j = 0; j <= NU; ++j) __builtin_prefetch(c + i * ldc + j * VL, 1, 3);
 
-  V acc[MR][NU];
+  V acc[MU][NU];
 #pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i)
+  for (int i = 0; i < MU; ++i)
 #pragma GCC unroll 8
     for (int j = 0; j < NU; ++j) acc[i][j] = V{};
 
@@ -155,7 +158,7 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
 #pragma GCC unroll 8
     for (int j = 0; j < NU; ++j) bv[j] = *reinterpret_cast<const V*>(b + j * VL);
 #pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i) {
+    for (int i = 0; i < MU; ++i) {
       const V av = splat<V>(a[i]);
 #pragma GCC unroll 8
       for (int j = 0; j < NU; ++j) acc[i][j] += av * bv[j];
@@ -169,7 +172,7 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
   // last (no bias: nothing added, so -0.0 stays -0.0).
   const int64_t full_vecs = n_cur / VL;
 #pragma GCC unroll 32
-  for (int i = 0; i < MR; ++i) {
+  for (int i = 0; i < MU; ++i) {
     if (i >= m_cur) break;
 #pragma GCC unroll 8
     for (int j = 0; j < NU; ++j) {
@@ -200,14 +203,35 @@ inline int64_t panel_width(int64_t n_cur) {
   return ceil_div(n_cur, C::VL) * C::VL;
 }
 
+// micro_kernel of full width with exactly m_cur < MR rows.
+template <class C, int MU = C::MR - 1, typename T = typename C::T>
+inline void micro_kernel_rows(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha,
+                              T beta, const T* bias, int64_t m_cur, int64_t n_cur) {
+  if constexpr (MU > 1) {
+    if (m_cur < MU) {
+      micro_kernel_rows<C, MU - 1>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
+      return;
+    }
+  }
+  micro_kernel<C, C::NV, MU>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
+}
+
 // micro_kernel with the fewest vectors that cover n_cur columns (its B panel
-// packed panel_width(n_cur) wide).
+// packed panel_width(n_cur) wide) and, for a full-width panel, the fewest
+// rows that cover m_cur (a panel both narrow and short is one corner of a
+// product: it keeps all MR rows, which halves the kernels compiled).
 template <class C, int NU = C::NV, typename T = typename C::T>
 inline void micro_kernel_fit(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha,
                              T beta, const T* bias, int64_t m_cur, int64_t n_cur) {
   if constexpr (NU > 1) {
     if (n_cur <= (NU - 1) * C::VL) {
       micro_kernel_fit<C, NU - 1>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
+      return;
+    }
+  }
+  if constexpr (NU == C::NV && C::MR > 1) {
+    if (m_cur < C::MR) {
+      micro_kernel_rows<C>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
       return;
     }
   }
