@@ -109,13 +109,17 @@ void pool_row_k(const T* xp, std::int64_t width, std::int64_t stride_rt, std::in
                       yo + o, ao + o);
 }
 
-// 2x2 windows at stride 2, `count` outputs of one row starting at input
-// column w0: 16-byte vectors of outputs at a time (even/odd columns of the two
-// input rows split by shuffles, then three compare-and-selects). A vector
-// whose window holds a NaN, and the tail, go to pool_row_k.
-template <class Enc, typename T>
-void pool_row_2x2s2(const T* xp, std::int64_t width, std::int64_t h0, std::int64_t w0,
-                    std::int64_t count, T* yo, typename Enc::Type* ao) {
+// K x K windows (K = 2 or 3) at stride 2, `count` outputs of one row
+// starting at input column w0: 16-byte vectors of outputs at a time. Each
+// window row's taps are the even and odd columns of two loaded vectors, split
+// by shuffles, and for K = 3 the even ones moved on by one (taking the first
+// element of a third vector); then K*K - 1 compare-and-selects in window
+// order. A vector whose window holds a NaN, the tail, and (K = 3) a vector
+// whose third load would pass the row's end go to pool_row_k.
+template <class Enc, typename T, int K>
+void pool_row_s2(const T* xp, std::int64_t width, std::int64_t h0, std::int64_t w0,
+                 std::int64_t count, T* yo, typename Enc::Type* ao) {
+  static_assert(K == 2 || K == 3, "2x2 or 3x3 windows");
   typedef T V __attribute__((vector_size(16), aligned(sizeof(T))));
   typedef std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t> I;
   typedef I VI __attribute__((vector_size(16)));
@@ -125,37 +129,45 @@ void pool_row_2x2s2(const T* xp, std::int64_t width, std::int64_t h0, std::int64
     for (int l = 0; l < L; ++l) v[l] = 2 * l;
     return v;
   }();
-  const VI odd = even + 1;
+  const VI odd = even + 1, next = even / 2 + 1;  // next: lanes 1..L of concat(e, a2)
   const T* r0 = xp + h0 * width + w0;
-  const T* r1 = r0 + width;
+  // The last vector start whose loads stay inside the row (K = 3 reads
+  // columns up to 2o + 3L - 1; K = 2 only its windows' columns).
+  const std::int64_t spare = width - w0 - 3 * L;
+  const std::int64_t last_o = K == 2 ? count : spare >= 0 ? spare / 2 : -1;
   std::int64_t o = 0;
-  for (; o + L <= count; o += L) {
-    const V a0 = *reinterpret_cast<const V*>(r0 + 2 * o);
-    const V a1 = *reinterpret_cast<const V*>(r0 + 2 * o + L);
-    const V b0 = *reinterpret_cast<const V*>(r1 + 2 * o);
-    const V b1 = *reinterpret_cast<const V*>(r1 + 2 * o + L);
-    const V v[4] = {__builtin_shuffle(a0, a1, even), __builtin_shuffle(a0, a1, odd),
-                    __builtin_shuffle(b0, b1, even), __builtin_shuffle(b0, b1, odd)};
-    const VI nan = (v[0] != v[0]) | (v[1] != v[1]) | (v[2] != v[2]) | (v[3] != v[3]);
+  for (; o + L <= count && o <= last_o; o += L) {
+    V v[K * K];
+    for (int r = 0; r < K; ++r) {
+      const T* row = r0 + r * width + 2 * o;
+      const V a0 = *reinterpret_cast<const V*>(row);
+      const V a1 = *reinterpret_cast<const V*>(row + L);
+      v[r * K] = __builtin_shuffle(a0, a1, even);
+      v[r * K + 1] = __builtin_shuffle(a0, a1, odd);
+      if constexpr (K == 3)
+        v[r * K + 2] = __builtin_shuffle(v[r * K], *reinterpret_cast<const V*>(row + 2 * L), next);
+    }
+    VI nan = v[0] != v[0];
+    for (int q = 1; q < K * K; ++q) nan |= v[q] != v[q];
     bool any_nan = false;
     for (int l = 0; l < L; ++l) any_nan |= nan[l] != 0;
     if (any_nan) {
-      pool_row_k<Enc, T, 2, 2>(xp, width, 2, h0, w0 + 2 * o, L, yo + o, ao + o);
+      pool_row_k<Enc, T, K, 2>(xp, width, 2, h0, w0 + 2 * o, L, yo + o, ao + o);
       continue;
     }
     V best = v[0];
     VI k = VI{} + 0;
-    for (int q = 1; q < 4; ++q) {  // window order (0,0) (0,1) (1,0) (1,1)
+    for (int q = 1; q < K * K; ++q) {  // row-major window order: the first maximum wins
       const VI gt = v[q] > best;
       best = gt ? v[q] : best;
       k = gt ? VI{} + q : k;
     }
     *reinterpret_cast<V*>(yo + o) = best;
     for (int l = 0; l < L; ++l)
-      ao[o + l] = Enc::template in_window<2>(static_cast<int>(k[l]), h0, w0 + 2 * (o + l), width);
+      ao[o + l] = Enc::template in_window<K>(static_cast<int>(k[l]), h0, w0 + 2 * (o + l), width);
   }
   if (o < count)
-    pool_row_k<Enc, T, 2, 2>(xp, width, 2, h0, w0 + 2 * o, count - o, yo + o, ao + o);
+    pool_row_k<Enc, T, K, 2>(xp, width, 2, h0, w0 + 2 * o, count - o, yo + o, ao + o);
 }
 
 template <class Enc, typename T, int K>
@@ -188,9 +200,14 @@ void pool_plane(const T* xp, const Pool2dShape& s, std::int64_t oh_n, std::int64
     for (std::int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
     constexpr int KK = K > 0 ? K : 1;
     const std::int64_t w0 = ow_lo * s.stride - s.pad;
-    if (K == 2 && s.stride == 2)
-      pool_row_2x2s2<Enc, T>(xp, s.width, h0, w0, ow_hi - ow_lo, yo + ow_lo, ao + ow_lo);
-    else if (s.stride == 2)
+    if constexpr (K == 2 || K == 3) {
+      if (s.stride == 2) {
+        pool_row_s2<Enc, T, K>(xp, s.width, h0, w0, ow_hi - ow_lo, yo + ow_lo, ao + ow_lo);
+        for (std::int64_t ow = ow_hi; ow < ow_n; ++ow) edge(ow);
+        continue;
+      }
+    }
+    if (s.stride == 2)
       pool_row_k<Enc, T, KK, 2>(xp, s.width, 2, h0, w0, ow_hi - ow_lo, yo + ow_lo, ao + ow_lo);
     else
       pool_row_k<Enc, T, KK, 0>(xp, s.width, s.stride, h0, w0, ow_hi - ow_lo, yo + ow_lo,

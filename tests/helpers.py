@@ -234,6 +234,9 @@ EDGE_POOL_CASES = [
     PoolCase(3, 2, 1, 1, 3, 3, 1, 1),  # 1x1 image, padded window
     PoolCase(5, 1, 6, 5, 2, 3, 2, 1),  # rectangular window, odd batch
     PoolCase(0, 3, 4, 4, 2, 2, 2, 0),  # empty batch
+    PoolCase(2, 3, 23, 31, 3, 3, 2, 1),  # 3x3 stride 2 (vector rows, each row's tail)
+    PoolCase(2, 2, 30, 34, 3, 3, 2, 0),  # 3x3 stride 2, the last vector at the row's end
+    PoolCase(1, 2, 9, 40, 2, 2, 2, 0),  # 2x2 stride 2, long rows
     PoolCase(2, 1, 17, 18, 16, 16, 1, 8),  # 256-element windows: the largest one-byte offsets
     PoolCase(1, 2, 18, 18, 17, 16, 1, 0),  # 272 elements: the layer keeps int64 indices
 ]
