@@ -142,7 +142,7 @@ class Pooling:
     most 256 elements) and computes this array only when it is read.
     """
 
-    _WINDOW_ARGMAX_MAX = 256  # windows up to this size keep uint8 offsets
+    _WINDOW_ARGMAX_MAX = 256  # windows up to this size keep uint8 offsets (kMaxWindowArgmax)
 
     def __init__(self, pool_h, pool_w, stride=1, pad=0):
         self.pool_h = _check_hyper("pool_h", pool_h, 1)

@@ -253,9 +253,8 @@ class Adam(Optimizer):
         v = self._buffer(self.v, key, param)
         if _fused(param, grad):  # the same operations in one pass (and in parallel)
             g = np.ascontiguousarray(grad)
-            if np.may_share_memory(g, param) or np.may_share_memory(g, m) or \
-                    np.may_share_memory(g, v):
-                g = g.copy()
+            if any(np.may_share_memory(g, a) for a in (param, m, v)):
+                g = g.copy()  # the gradient as it was before the step
             _core.adam_update(param, g, m, v, self._lr_t, 1 - self.beta1, 1 - self.beta2,
                               self.eps)
             return
