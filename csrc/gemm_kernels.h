@@ -1053,10 +1053,17 @@ bool use_narrow(int64_t n) {
          ceil_div(n, N::NR) * N::NR * 5 < ceil_div(n, W::NR) * W::NR * 4;
 }
 
+// f(C{}) for the configuration C that a product with n columns runs on: the
+// one place that choice is made, for the scratch, the packed A and the run.
+template <typename T, class F>
+inline auto with_config(int64_t n, F&& f) {
+  if (use_narrow<T>(n)) return f(typename Blocking<T>::Narrow{});
+  return f(typename Blocking<T>::Wide{});
+}
+
 template <typename T>
 int64_t workspace_elems(int64_t m, int64_t n, int64_t k) {
-  return use_narrow<T>(n) ? cfg_workspace_elems<typename Blocking<T>::Narrow>(m, n, k)
-                          : cfg_workspace_elems<typename Blocking<T>::Wide>(m, n, k);
+  return with_config<T>(n, [&](auto cfg) { return cfg_workspace_elems<decltype(cfg)>(m, n, k); });
 }
 
 template <typename T>
@@ -1080,25 +1087,18 @@ void run(int64_t m, int64_t n, int64_t k, T alpha, MatRef<T> a, MatRef<T> b, T b
     return;
   }
 #endif
-  if (use_narrow<T>(n))
-    run_cfg<typename Blocking<T>::Narrow>(P, work, nthreads);
-  else
-    run_cfg<typename Blocking<T>::Wide>(P, work, nthreads);
+  with_config<T>(n, [&](auto cfg) { run_cfg<decltype(cfg)>(P, work, nthreads); });
 }
 
 // pack_a_whole for the configuration run() picks for this n.
 template <typename T>
 int64_t packed_a_elems(int64_t m, int64_t n, int64_t k) {
-  return use_narrow<T>(n) ? cfg_packed_a_elems<typename Blocking<T>::Narrow>(m, k)
-                          : cfg_packed_a_elems<typename Blocking<T>::Wide>(m, k);
+  return with_config<T>(n, [&](auto cfg) { return cfg_packed_a_elems<decltype(cfg)>(m, k); });
 }
 
 template <typename T>
 void pack_a_whole(int64_t m, int64_t n, int64_t k, MatRef<T> a, T* dst) {
-  if (use_narrow<T>(n))
-    cfg_pack_a_whole<typename Blocking<T>::Narrow>(m, k, a, dst);
-  else
-    cfg_pack_a_whole<typename Blocking<T>::Wide>(m, k, a, dst);
+  with_config<T>(n, [&](auto cfg) { cfg_pack_a_whole<decltype(cfg)>(m, k, a, dst); });
 }
 
 template <typename T>
