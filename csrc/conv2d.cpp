@@ -19,6 +19,20 @@ Conv2dShape dx_shape(const Conv2dShape& s) {
 }
 
 namespace {
+struct GemmDims {
+  std::int64_t m, n, k;
+};
+
+// The GEMM whose A side is dx's weights: the convolution of dy with the
+// flipped kernel (C x H*W x F*KH*KW) when dx_conv, else w^T * dy (C*KH*KW x
+// OH*OW x F, then col2im). The plan sizes its packed A and scratch from it,
+// the backward packs that A.
+GemmDims dx_gemm(const Conv2dShape& s, bool dx_conv) {
+  if (!dx_conv) return {s.col_rows(), s.col_cols(), s.filters};
+  const Conv2dShape sd = dx_shape(s);
+  return {s.channels, sd.col_cols(), sd.col_rows()};
+}
+
 // Bytes of a zero-padded copy of one image of s, in double: a large pad can
 // overflow int64 here.
 template <typename T>
@@ -68,12 +82,8 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   // The weights' side of a GEMM is the same for every image: its A panels are
   // packed once per call (d's forward spent 3% of its time repacking w per
   // image): w for the forward; for dx, the flipped kernel or w^T.
-  if (!backward)
-    p.packed_w_elems = g.packed_a_elems(f, cols, ckk);
-  else if (p.dx_conv)
-    p.packed_w_elems = g.packed_a_elems(s.channels, sd.col_cols(), sd.col_rows());
-  else
-    p.packed_w_elems = g.packed_a_elems(ckk, cols, f);
+  const GemmDims dx = dx_gemm(s, p.dx_conv);
+  p.packed_w_elems = backward ? g.packed_a_elems(dx.m, dx.n, dx.k) : g.packed_a_elems(f, cols, ckk);
   p.pad_elems = std::max(p.padded ? padded_image_elems(s) : 0,
                          p.dx_conv ? padded_image_elems(sd) : 0);
   // The forward packs im2col straight into the GEMM's B panels, the weight
@@ -81,14 +91,9 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   // columns (col2im), or for dW when the image is too large to pad.
   p.col_elems = p.direct || !backward || (p.padded && p.dx_conv) ? 0 : ckk * cols;
   // The largest of the GEMMs a call runs: forward (f, cols, ckk); backward
-  // weight, transposed (ckk, f, cols), and input: (ckk, cols, f), or
-  // dx_conv's (C, H*W, F*KH*KW).
+  // weight, transposed (ckk, f, cols), and dx's.
   std::int64_t ws = g.workspace(f, cols, ckk);
-  if (backward) {
-    ws = std::max(ws, g.workspace(ckk, f, cols));
-    ws = std::max(ws, p.dx_conv ? g.workspace(s.channels, sd.col_cols(), sd.col_rows())
-                                : g.workspace(ckk, cols, f));
-  }
+  if (backward) ws = std::max({ws, g.workspace(ckk, f, cols), g.workspace(dx.m, dx.n, dx.k)});
   p.gemm_elems = ws * p.gemm_threads;
   p.partial_elems = backward ? f * ckk + f : 0;
   // Every slice starts on a 64-byte boundary: the micro-kernels load packed
@@ -276,15 +281,11 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
   const std::int64_t y_img = s.filters * s.col_cols();
   const T* pwx = nullptr;  // the A panels of dx's GEMM
   if (dx != nullptr) {
-    if (p.dx_conv) {
-      const Conv2dShape sd = dx_shape(s);
-      flip_kernel(w, s, scratch.flip());
-      g.pack_a(s.channels, sd.col_cols(), sd.col_rows(),
-               MatRef<T>{scratch.flip(), s.channels, sd.col_rows(), sd.col_rows(), 1},
-               scratch.packed_w());
-    } else {
-      g.pack_a(ckk, s.col_cols(), f, MatRef<T>{w, f, ckk, ckk, 1}.t(), scratch.packed_w());
-    }
+    const GemmDims d = dx_gemm(s, p.dx_conv);
+    if (p.dx_conv) flip_kernel(w, s, scratch.flip());
+    const MatRef<T> a = p.dx_conv ? MatRef<T>{scratch.flip(), d.m, d.k, d.k, 1}
+                                  : MatRef<T>{w, f, ckk, ckk, 1}.t();
+    g.pack_a(d.m, d.n, d.k, a, scratch.packed_w());
     pwx = scratch.packed_w();
   }
   // Team thread t sums its contiguous block of images into its partial
