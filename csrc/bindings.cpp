@@ -654,6 +654,9 @@ PYBIND11_MODULE(_core, m) {
   using namespace pyconv;
   m.doc() = "pyconv compiled core: im2col, GEMM, convolution and max pooling kernels";
   m.attr("__version__") = PYCONV_VERSION;
+  // Windows up to this many elements have one-byte argmax offsets (the
+  // *_window pooling kernels); the Pooling layer reads it from here.
+  m.attr("MAX_WINDOW_ARGMAX") = kMaxWindowArgmax;
   def_ops<float>(m);
   def_ops<double>(m);
   m.def("set_num_threads", [](long long n) {

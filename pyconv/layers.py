@@ -142,8 +142,6 @@ class Pooling:
     most 256 elements) and computes this array only when it is read.
     """
 
-    _WINDOW_ARGMAX_MAX = 256  # windows up to this size keep uint8 offsets (kMaxWindowArgmax)
-
     def __init__(self, pool_h, pool_w, stride=1, pad=0):
         self.pool_h = _check_hyper("pool_h", pool_h, 1)
         self.pool_w = _check_hyper("pool_w", pool_w, 1)
@@ -161,7 +159,7 @@ class Pooling:
 
     @property
     def _windowed(self) -> bool:
-        return self.pool_h * self.pool_w <= self._WINDOW_ARGMAX_MAX
+        return self.pool_h * self.pool_w <= F._core.MAX_WINDOW_ARGMAX
 
     @property
     def argmax(self):
