@@ -181,6 +181,26 @@ def test_dx_by_col2im_where_convolution_does_not_apply(case):
     _check_conv(case, np.float32, seed=13, layer=True)
 
 
+# Stride 1 with C < 16 keeps col2im, which on AVX-512 gathers each vector of a
+# dx row from its taps' segments (masked loads; an expand-load where a tap's
+# segment starts left of the vector): rows of several vectors, partial last
+# vectors, taps reaching past either end of a row.
+COL2IM_STRIDE1_CASES = [
+    ConvCase(2, 1, 28, 28, 6, 5, 5, 1, 0),  # MNIST's first layer: 2 float32 vectors a row
+    ConvCase(2, 3, 9, 37, 4, 3, 3, 1, 1),  # 3 vectors, the last partial
+    ConvCase(1, 2, 5, 33, 3, 2, 7, 1, 3),  # KW = 7 > pad: the expand-load
+    ConvCase(2, 2, 6, 20, 3, 5, 5, 1, 4),  # pad = K - 1
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", COL2IM_STRIDE1_CASES, ids=str)
+def test_dx_by_col2im_stride1(isa, case, dtype):
+    plan = _plan(case, dtype)
+    assert plan["padded"] and not plan["dx_conv"], plan
+    _check_conv(case, dtype, seed=17, layer=True)
+
+
 @pytest.mark.parametrize("case", [
     ConvCase(1, 1, 2050, 2050, 2, 3, 3, 1, 1),
     ConvCase(1, 1, 2050, 2050, 2, 3, 3, 2, 1),
