@@ -118,6 +118,17 @@ def test_layer_matches_oracle(isa, dtype, case, seed):
     _check_conv(case, dtype, seed, layer=True)
 
 
+# Rows of several vectors (up to 40 pixels: 3 float32 / 5 float64 vectors), where
+# the AVX-512 im2col copies, col2im and micro-kernel edges take their whole-
+# vector and masked paths together; conv_cases' default images fit one vector.
+@pytest.mark.parametrize("dtype", DTYPES)
+@isa_settings
+@given(case=conv_cases(max_n=2, max_c=3, max_hw=40, max_k=5, max_fn=5),
+       seed=st.integers(0, 2**32 - 1))
+def test_wide_rows_match_oracle(isa, dtype, case, seed):
+    _check_conv(case, dtype, seed, layer=True)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @given(case=conv_cases(max_n=5, max_c=4, max_hw=10, max_k=5, max_fn=6),
        seed=st.integers(0, 2**32 - 1))
