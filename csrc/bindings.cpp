@@ -644,7 +644,9 @@ py::dict conv2d_plan_py(const std::string& dtype, int64_t n, int64_t c, int64_t 
     throw py::type_error("conv2d_plan: expected dtype 'float32' or 'float64', but got '" +
                          dtype + "'");
   return py::dict("team"_a = p.team, "gemm_threads"_a = p.gemm_threads, "direct"_a = p.direct,
-                  "padded"_a = p.padded, "dx_conv"_a = p.dx_conv, "workspace_bytes"_a = p.bytes);
+                  "padded"_a = p.padded, "dx_conv"_a = p.dx_conv, "fwd_direct"_a = p.fwd_direct,
+                  "dx_direct"_a = p.dx_direct, "dw_direct"_a = p.dw_direct,
+                  "workspace_bytes"_a = p.bytes);
 }
 
 }  // namespace

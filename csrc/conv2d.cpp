@@ -1,4 +1,5 @@
-// Convolution by im2col + GEMM, parallel over images or inside the GEMM.
+// Convolution by im2col + GEMM or the direct kernel, parallel over images or
+// inside each image's kernel.
 #include "conv2d.h"
 
 #include <algorithm>
@@ -31,6 +32,30 @@ GemmDims dx_gemm(const Conv2dShape& s, bool dx_conv) {
   if (!dx_conv) return {s.col_rows(), s.col_cols(), s.filters};
   const Conv2dShape sd = dx_shape(s);
   return {s.channels, sd.col_cols(), sd.col_rows()};
+}
+
+// The direct kernels' tables of s (GemmImpl::conv_direct): taps (C*KH*KW)
+// then bases (OH*OW), the offsets in the padded image of each tap and of each
+// output pixel's window. int32: a padded copy is at most kPadBudget bytes
+// (conv2d_plan).
+struct DirectTables {
+  const std::int32_t* taps;
+  const std::int32_t* bases;
+};
+
+std::int64_t direct_table_count(const Conv2dShape& s) { return s.col_rows() + s.col_cols(); }
+
+DirectTables direct_tables(const Conv2dShape& s, std::int32_t* dst) {
+  const std::int64_t wp = s.width + 2 * s.pad, hp = s.height + 2 * s.pad;
+  const DirectTables t{dst, dst + s.col_rows()};
+  for (std::int64_t c = 0; c < s.channels; ++c)
+    for (std::int64_t kh = 0; kh < s.kernel_h; ++kh)
+      for (std::int64_t kw = 0; kw < s.kernel_w; ++kw)
+        *dst++ = static_cast<std::int32_t>((c * hp + kh) * wp + kw);
+  for (std::int64_t oh = 0; oh < s.out_h(); ++oh)
+    for (std::int64_t ow = 0; ow < s.out_w(); ++ow)
+      *dst++ = static_cast<std::int32_t>((oh * wp + ow) * s.stride);
+  return t;
 }
 
 // Bytes of a zero-padded copy of one image of s, in double: a large pad can
@@ -82,8 +107,38 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   // The weights' side of a GEMM is the same for every image: its A panels are
   // packed once per call (d's forward spent 3% of its time repacking w per
   // image): w for the forward; for dx, the flipped kernel or w^T.
+  // The direct convolution (vectors along filters, GemmImpl::conv_direct)
+  // where the ISA has one and the layer has enough taps (C*KH*KW): each tile
+  // of 6 pixels x 64 filters ends with register transposes and 64 masked
+  // stores, which cost as much as ~40 taps. Forward, float32, 1 thread, ms,
+  // GEMM path / direct: 144 taps (64,16,32,32,64,3,1,1) 8.8 / 9.7; 288
+  // (32,32,32,32,64,3,1,1) 8.6-8.8 / 8.4-8.5; 360 10.7-10.8 / 10.0-10.6;
+  // 400 (16,16,27,27,64,5,1,2) 4.5-4.7 / 3.4-3.6; c (576) 51-53 / 44-46.
+  constexpr std::int64_t kDirectMinTaps = 256;
+  auto direct_ok = [&](const Conv2dShape& c) {
+    return g.conv_direct != nullptr && c.col_rows() >= kDirectMinTaps;
+  };
+  p.fwd_direct = !backward && p.padded && direct_ok(s);
+  p.dx_direct = p.dx_conv && direct_ok(sd);
+  // The weight gradient by wgrad_direct for every padded layer: its tiles
+  // (6 taps x 64 filters of dW^T) sum over the pixels and are stored as they
+  // are, with no transpose, so few taps cost nothing extra. fwd+bwd, float32,
+  // 1 thread, ms, before / after (forward and dx already direct where they
+  // apply): a 3.54 / 2.98, b 7.0 / 6.7, c 144-152 / 131, e 43-45 / 41.
+  p.dw_direct = backward && p.padded && g.wgrad_direct != nullptr;
+  // The tables: of s (forward or dW), then of dx_shape(s); int32 in T's units.
+  const std::int64_t tables = (p.fwd_direct || p.dw_direct ? direct_table_count(s) : 0) +
+                              (p.dx_direct ? direct_table_count(sd) : 0);
+  p.table_elems = (tables * 4 + static_cast<std::int64_t>(sizeof(T)) - 1) /
+                  static_cast<std::int64_t>(sizeof(T));
+  p.dyt_elems = p.dw_direct ? g.direct_panels_elems(f, cols) : 0;
   const GemmDims dx = dx_gemm(s, p.dx_conv);
-  p.packed_w_elems = backward ? g.packed_a_elems(dx.m, dx.n, dx.k) : g.packed_a_elems(f, cols, ckk);
+  if (backward)
+    p.packed_w_elems = p.dx_direct ? g.direct_panels_elems(dx.m, dx.k)
+                                   : g.packed_a_elems(dx.m, dx.n, dx.k);
+  else
+    p.packed_w_elems = p.fwd_direct ? g.direct_panels_elems(f, ckk)
+                                    : g.packed_a_elems(f, cols, ckk);
   p.pad_elems = std::max(p.padded ? padded_image_elems(s) : 0,
                          p.dx_conv ? padded_image_elems(sd) : 0);
   // The forward packs im2col straight into the GEMM's B panels, the weight
@@ -92,39 +147,47 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   p.col_elems = p.direct || !backward || (p.padded && p.dx_conv) ? 0 : ckk * cols;
   // The largest of the GEMMs a call runs: forward (f, cols, ckk); backward
   // weight, transposed (ckk, f, cols), and dx's.
-  std::int64_t ws = g.workspace(f, cols, ckk);
-  if (backward) ws = std::max({ws, g.workspace(ckk, f, cols), g.workspace(dx.m, dx.n, dx.k)});
+  std::int64_t ws = 0;
+  if (!backward && !p.fwd_direct) ws = g.workspace(f, cols, ckk);
+  if (backward && !p.dw_direct) ws = g.workspace(ckk, f, cols);
+  if (backward && !p.dx_direct) ws = std::max(ws, g.workspace(dx.m, dx.n, dx.k));
   p.gemm_elems = ws * p.gemm_threads;
   p.partial_elems = backward ? f * ckk + f : 0;
   // Every slice starts on a 64-byte boundary: the micro-kernels load packed
   // panels with aligned vector loads.
   constexpr std::int64_t line = 64 / static_cast<std::int64_t>(sizeof(T));
-  for (std::int64_t* e : {&p.flip_elems, &p.packed_w_elems, &p.pad_elems, &p.col_elems,
-                          &p.gemm_elems, &p.partial_elems})
+  for (std::int64_t* e : {&p.table_elems, &p.flip_elems, &p.packed_w_elems, &p.pad_elems,
+                          &p.col_elems, &p.dyt_elems, &p.gemm_elems, &p.partial_elems})
     *e = (*e + line - 1) / line * line;
   p.bytes = static_cast<std::int64_t>(sizeof(T)) *
-            (p.flip_elems + p.packed_w_elems +
-             p.team * (p.pad_elems + p.col_elems + p.gemm_elems + p.partial_elems));
+            (p.table_elems + p.flip_elems + p.packed_w_elems +
+             p.team * (p.pad_elems + p.col_elems + p.dyt_elems + p.gemm_elems +
+                       p.partial_elems));
   return p;
 }
 
 namespace {
 
+// One slab: the call's direct-kernel tables and weights (flipped, packed),
+// then a slice per team thread.
 template <typename T>
-struct Scratch {  // one slab: the call's weights (flipped, packed), then a slice per team thread
+struct Scratch {
   std::int64_t stride;
   Workspace slab;
   const ConvPlan& plan;
   explicit Scratch(const ConvPlan& p)
-      : stride(p.pad_elems + p.col_elems + p.gemm_elems + p.partial_elems),
-        slab(static_cast<std::size_t>(p.flip_elems + p.packed_w_elems + p.team * stride) *
+      : stride(p.pad_elems + p.col_elems + p.dyt_elems + p.gemm_elems + p.partial_elems),
+        slab(static_cast<std::size_t>(p.table_elems + p.flip_elems + p.packed_w_elems +
+                                      p.team * stride) *
              sizeof(T)),
         plan(p) {}
-  T* flip() const { return static_cast<T*>(slab.data()); }
+  std::int32_t* tables() const { return static_cast<std::int32_t*>(slab.data()); }
+  T* flip() const { return static_cast<T*>(slab.data()) + plan.table_elems; }
   T* packed_w() const { return flip() + plan.flip_elems; }
   T* pad(int t) const { return packed_w() + plan.packed_w_elems + t * stride; }
   T* col(int t) const { return pad(t) + plan.pad_elems; }
-  T* gemm(int t) const { return col(t) + plan.col_elems; }
+  T* dyt(int t) const { return col(t) + plan.col_elems; }
+  T* gemm(int t) const { return dyt(t) + plan.dyt_elems; }
   T* partial(int t) const { return gemm(t) + plan.gemm_elems; }
 };
 
@@ -161,11 +224,17 @@ Im2colPanels<T> im2col_source(const T* x_n, const Conv2dShape& s, bool padded, T
 }
 
 // y_n = w * col(x_n) (+ b broadcast along rows unless b is null), with w
-// given as its GEMM A panels pw (GemmImpl::pack_a, once per call).
+// given as its GEMM A panels pw (GemmImpl::pack_a, once per call), or, with
+// tables (the direct convolution), as pack_direct's panels.
 template <typename T>
 void conv_image(const GemmImpl<T>& g, const T* x_n, const T* pw, const T* b,
-                const Conv2dShape& s, bool padded, bool direct, int gemm_threads, T* xp,
-                T* work, T* y_n) {
+                const Conv2dShape& s, bool padded, bool direct, const DirectTables* tables,
+                int gemm_threads, T* xp, T* work, T* y_n) {
+  if (tables != nullptr) {
+    pad_image(x_n, s, xp);
+    g.conv_direct(xp, s, pw, tables->taps, tables->bases, b, y_n, gemm_threads);
+    return;
+  }
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
   const Im2colPanels<T> panels = im2col_source(x_n, s, padded, xp);
   const PackB<T> packer{g.pack_im2col, &panels};
@@ -174,9 +243,11 @@ void conv_image(const GemmImpl<T>& g, const T* x_n, const T* pw, const T* b,
 }
 
 template <typename T>
-void forward_image(const GemmImpl<T>& g, const T* x_n, const T* pw, const T* b,
-                   const Conv2dShape& s, const ConvPlan& p, T* xp, T* work, T* y_n) {
-  conv_image(g, x_n, pw, b, s, p.padded, p.direct, p.gemm_threads, xp, work, y_n);
+void forward_image(const GemmImpl<T>& g, const T* x_n, const T* pw, const DirectTables& tables,
+                   const T* b, const Conv2dShape& s, const ConvPlan& p, T* xp, T* work,
+                   T* y_n) {
+  conv_image(g, x_n, pw, b, s, p.padded, p.direct, p.fwd_direct ? &tables : nullptr,
+             p.gemm_threads, xp, work, y_n);
 }
 
 // wf (C x F x KH x KW) <- w (F x C x KH x KW) transposed in (F, C) and
@@ -192,27 +263,36 @@ void flip_kernel(const T* w, const Conv2dShape& s, T* wf) {
     }
 }
 
-// dwt (+)= col_n * dy_n^T, i.e. dW transposed (C*KH*KW x F): the column
-// matrix is then GEMM's A operand, packed from the padded image panel by panel
-// (pack_im2col_a; the whole matrix is written only for an image too large to
-// pad), instead of a transposed B gathered across rows. db (+)= row sums of
-// dy_n. dx_n when wanted; pwx: the A panels of dx's GEMM, packed once per
-// call (the flipped kernel when p.dx_conv, else w^T).
+// dwt (+)= col_n * dy_n^T, i.e. dW transposed (C*KH*KW x F): by wgrad_direct
+// from the padded image and dy_n's packed panels (dyt) when p.dw_direct; else
+// the column matrix is GEMM's A operand, packed from the padded image panel by
+// panel (pack_im2col_a; the whole matrix is written only for an image too
+// large to pad), instead of a transposed B gathered across rows. db (+)= row
+// sums of dy_n. dx_n when wanted; pwx: the A panels of dx's GEMM, packed once
+// per call (the flipped kernel when p.dx_conv, else w^T), or pack_direct's
+// panels of the flipped kernel when p.dx_direct. tables: the direct kernels'
+// tables of s and of dx_shape(s), as the plan asks for them.
 template <typename T>
 void backward_image(const GemmImpl<T>& g, const T* x_n, const T* pwx,
-                    const T* dy_n, const Conv2dShape& s, const ConvPlan& p, bool first, T* xp,
-                    T* col, T* work, T* dwt, T* db, T* dx_n) {
+                    const DirectTables* tables, const T* dy_n, const Conv2dShape& s,
+                    const ConvPlan& p, bool first, T* xp, T* col, T* dyt, T* work, T* dwt,
+                    T* db, T* dx_n) {
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
   const T* src = x_n;
   const Im2colPanels<T> panels = im2col_source(x_n, s, p.padded, xp);
   const PackA<T> a_packer{g.pack_im2col_a, &panels};
-  if (!p.direct && !p.padded) {  // the whole column matrix, by the bounded packer
-    g.pack_im2col(&panels, 0, ckk, 0, cols, cols, col);
-    src = col;
+  if (p.dw_direct) {
+    g.pack_direct(dy_n, f, cols, dyt);
+    g.wgrad_direct(xp, s, dyt, tables[0].taps, tables[0].bases, !first, dwt, p.gemm_threads);
+  } else {
+    if (!p.direct && !p.padded) {  // the whole column matrix, by the bounded packer
+      g.pack_im2col(&panels, 0, ckk, 0, cols, cols, col);
+      src = col;
+    }
+    g.run(ckk, f, cols, T(1), MatRef<T>{src, ckk, cols, cols, 1},
+          MatRef<T>{dy_n, f, cols, cols, 1}.t(), first ? T(0) : T(1), dwt, f, work,
+          p.gemm_threads, nullptr, p.padded ? &a_packer : nullptr, nullptr, nullptr);
   }
-  g.run(ckk, f, cols, T(1), MatRef<T>{src, ckk, cols, cols, 1},
-        MatRef<T>{dy_n, f, cols, cols, 1}.t(), first ? T(0) : T(1), dwt, f, work,
-        p.gemm_threads, nullptr, p.padded ? &a_packer : nullptr, nullptr, nullptr);
   for (std::int64_t i = 0; i < f; ++i) {
     const T sum = row_sum(dy_n + i * cols, cols);
     db[i] = first ? sum : db[i] + sum;
@@ -220,7 +300,7 @@ void backward_image(const GemmImpl<T>& g, const T* x_n, const T* pwx,
   if (dx_n == nullptr) return;
   if (p.dx_conv) {  // xp is free again: it holds the padded dy_n
     conv_image(g, dy_n, pwx, static_cast<const T*>(nullptr), dx_shape(s), true, false,
-               p.gemm_threads, xp, work, dx_n);
+               p.dx_direct ? &tables[1] : nullptr, p.gemm_threads, xp, work, dx_n);
     return;
   }
   // dcol = w^T * dy_n (w^T packed in pwx); col is free again, so it holds dcol.
@@ -243,10 +323,16 @@ void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T*
   const std::int64_t y_img = s.filters * s.col_cols();
   const std::int64_t ckk = s.col_rows(), cols = s.col_cols(), f = s.filters;
   T* pw = scratch.packed_w();
-  g.pack_a(f, cols, ckk, MatRef<T>{w, f, ckk, ckk, 1}, pw);
+  DirectTables tables{};
+  if (p.fwd_direct) {
+    tables = direct_tables(s, scratch.tables());
+    g.pack_direct(w, f, ckk, pw);
+  } else {
+    g.pack_a(f, cols, ckk, MatRef<T>{w, f, ckk, ckk, 1}, pw);
+  }
   if (p.team == 1) {
     for (std::int64_t n = 0; n < s.batch; ++n)
-      forward_image(g, x + n * x_img, pw, b, s, p, scratch.pad(0), scratch.gemm(0),
+      forward_image(g, x + n * x_img, pw, tables, b, s, p, scratch.pad(0), scratch.gemm(0),
                     y + n * y_img);
     return;
   }
@@ -259,7 +345,7 @@ void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T*
 #endif
 #pragma omp for schedule(dynamic, 1) nowait
     for (std::int64_t n = 0; n < s.batch; ++n)
-      forward_image(g, x + n * x_img, pw, b, s, p, scratch.pad(t), scratch.gemm(t),
+      forward_image(g, x + n * x_img, pw, tables, b, s, p, scratch.pad(t), scratch.gemm(t),
                     y + n * y_img);
     join.arrive();
   }
@@ -279,13 +365,24 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
   Scratch<T> scratch(p);
   const std::int64_t x_img = s.channels * s.height * s.width;
   const std::int64_t y_img = s.filters * s.col_cols();
+  DirectTables tables[2] = {};  // of s (dW), of dx_shape(s) (dx)
+  std::int32_t* tab = scratch.tables();
+  if (p.dw_direct) {
+    tables[0] = direct_tables(s, tab);
+    tab += direct_table_count(s);
+  }
+  if (p.dx_direct) tables[1] = direct_tables(dx_shape(s), tab);
   const T* pwx = nullptr;  // the A panels of dx's GEMM
   if (dx != nullptr) {
     const GemmDims d = dx_gemm(s, p.dx_conv);
     if (p.dx_conv) flip_kernel(w, s, scratch.flip());
     const MatRef<T> a = p.dx_conv ? MatRef<T>{scratch.flip(), d.m, d.k, d.k, 1}
                                   : MatRef<T>{w, f, ckk, ckk, 1}.t();
-    g.pack_a(d.m, d.n, d.k, a, scratch.packed_w());
+    if (p.dx_direct) {
+      g.pack_direct(scratch.flip(), d.m, d.k, scratch.packed_w());
+    } else {
+      g.pack_a(d.m, d.n, d.k, a, scratch.packed_w());
+    }
     pwx = scratch.packed_w();
   }
   // Team thread t sums its contiguous block of images into its partial
@@ -301,8 +398,8 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
       return;
     }
     for (std::int64_t n = lo; n < hi; ++n)
-      backward_image(g, x + n * x_img, pwx, dy + n * y_img, s, p, n == lo, scratch.pad(t),
-                     scratch.col(t), scratch.gemm(t), pw, pb,
+      backward_image(g, x + n * x_img, pwx, tables, dy + n * y_img, s, p, n == lo,
+                     scratch.pad(t), scratch.col(t), scratch.dyt(t), scratch.gemm(t), pw, pb,
                      dx ? dx + n * x_img : nullptr);
   };
   auto reduce = [&](std::int64_t i) {  // element i of [dw, db]

@@ -1,4 +1,5 @@
-// 2-D convolution (cross-correlation) forward and backward by im2col + GEMM.
+// 2-D convolution (cross-correlation) forward and backward by im2col + GEMM,
+// or by GemmImpl::conv_direct where the plan picks it.
 // x (N, C, H, W), w (F, C, KH, KW), b (F), y (N, F, OH, OW); C-contiguous.
 // Per image: y_n (F x OH*OW) = w (F x C*KH*KW) * col_n + b.
 #pragma once
@@ -19,10 +20,15 @@ struct ConvPlan {
   bool padded;       // im2col reads a zero-padded copy of each image (pad_image)
   bool dx_conv;      // backward: dx as a convolution of dy (dx_shape) with the
                      // flipped kernel, not a column-matrix GEMM and col2im
+  bool fwd_direct;   // forward by GemmImpl::conv_direct (no im2col panels)
+  bool dx_direct;    // dx_conv's convolution by conv_direct
+  bool dw_direct;    // weight gradient by GemmImpl::wgrad_direct
+  std::int64_t table_elems;     // once per call: the direct kernels' tables (int32)
   std::int64_t flip_elems;      // once per call: that flipped kernel
   std::int64_t packed_w_elems;  // once per call: the weights' GEMM A panels (w, w^T or flipped)
   std::int64_t pad_elems;       // per team thread: the padded copy (x or dy)
   std::int64_t col_elems;       // per team thread
+  std::int64_t dyt_elems;       // per team thread: wgrad_direct's packed dy
   std::int64_t gemm_elems;      // per team thread: GEMM scratch of its GEMM threads
   std::int64_t partial_elems;   // per team thread: dW and db partial sums
   std::int64_t bytes;           // total scratch of the call

@@ -80,6 +80,24 @@ struct GemmImpl {
   // Adjoint of pack_im2col for one whole image: x (C x H x W) <- zeroes, then
   // every entry of col (C*KH*KW x OH*OW) added into the pixel it came from.
   void (*col2im)(const T* col, const Conv2dShape& s, T* x);
+  // Direct convolution of one image from its zero-padded copy xp (pad_image),
+  // no column matrix or packed image panels (gemm_kernels.h); null where the
+  // ISA has none. Tables: taps[k] = (c * (H + 2 pad) + kh) * (W + 2 pad) + kw
+  // for tap k = (c, kh, kw); bases[q] = (oh * (W + 2 pad) + ow) * stride for
+  // output pixel q = (oh, ow) (direct_tables, conv2d.cpp). The filters'
+  // operand, f x k row-major, is packed by pack_direct into
+  // direct_panels_elems(f, k) elements (64-byte aligned).
+  //   conv_direct: y (F x OH*OW) = w * col(x) (+ bias unless null), with w
+  //     packed as pack_direct(w, F, C*KH*KW); overwrites y.
+  //   wgrad_direct: dwt (C*KH*KW x F, dW transposed) = or += col(x) * dy^T,
+  //     with dy packed as pack_direct(dy, F, OH*OW).
+  std::int64_t (*direct_panels_elems)(std::int64_t f, std::int64_t k);
+  void (*pack_direct)(const T* a, std::int64_t f, std::int64_t k, T* dst);
+  void (*conv_direct)(const T* xp, const Conv2dShape& s, const T* pw, const std::int32_t* taps,
+                      const std::int32_t* bases, const T* bias, T* y, int nthreads);
+  void (*wgrad_direct)(const T* xp, const Conv2dShape& s, const T* pdy,
+                       const std::int32_t* taps, const std::int32_t* bases, bool accumulate,
+                       T* dwt, int nthreads);
 };
 
 // The implementation in use for T (the selected ISA).

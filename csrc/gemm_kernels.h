@@ -67,10 +67,15 @@ template <typename T> struct Blocking;
 template <> struct Blocking<float> {
   using Wide = Cfg<float, 6, 4, 128, 144, 4096>;   // 6x64: 24 accumulators + 4 B vectors
   using Narrow = Cfg<float, 12, 2, 256, 144, 4096>;  // 12x32: 24 + 2
+  // Direct convolution (conv_direct): 6 pixels x 64 filters; KC taps of
+  // the packed weights (KC x 64, 256 KiB) stay in L2 while the pixels stream
+  // past (d's dx, 6400 taps unblocked: 109 GFLOP/s; blocks <= 1600: 138).
+  using Direct = Cfg<float, 6, 4, 1024, 0, 0>;
 };
 template <> struct Blocking<double> {
   using Wide = Cfg<double, 6, 4, 128, 144, 2048>;   // 6x32
   using Narrow = Cfg<double, 12, 2, 256, 144, 2048>;  // 12x16
+  using Direct = Cfg<double, 6, 4, 1024, 0, 0>;       // 6x32, KC x 32 = 256 KiB
 };
 #elif defined(PYCONV_ISA_AVX2)
 template <> struct Blocking<float> {  // 6x16: 12 accumulators + 2 B vectors
@@ -1090,6 +1095,212 @@ void gemm_nt_small(const Problem<T>& P) {
 }
 #endif
 
+#if defined(PYCONV_ISA_AVX512)
+// ---- Direct convolution: vectors along the output channels ------------------
+// A convolution's products read straight from the image's zero-padded copy xp
+// (pad_image), with no column matrix and no packed image panels. Entry (k, q)
+// of the column matrix is xp[taps[k] + bases[q]]: tap k = (c, kh, kw) at
+// taps[k] = (c * HP + kh) * WP + kw, output pixel q = (oh, ow) at bases[q] =
+// oh * stride * WP + ow * stride. A tile keeps MR x NU vectors of
+// accumulators, its MR rows being pixels (the forward) or taps (the weight
+// gradient) and its vectors the filters; each step of the sum loads NU vectors
+// of filters and broadcasts each row's input:
+//   forward  y[f, q]   = sum_k w[f, k] * xp[bases[q] + taps[k]]   (rows q, sum k)
+//   gradient dW[f, k] += sum_q dy[f, q] * xp[taps[k] + bases[q]]  (rows k, sum q)
+// The filters' operand (w, or one image's dy) is packed once as panels of NR
+// filters, sum-length rows of panel_width each (pack_direct). This is
+// oneDNN's choice of vectors along channels, kept in the NCHW layout: the GEMM
+// path packs every image's im2col panels (15% of c's forward) and pads F = 64
+// rows to 6-row panels. Rows are tiled through the flattened pixels or taps,
+// so a tile may span two output rows: each row has its own offset.
+template <typename T>
+struct DirectJob {
+  const T* xp;
+  const std::int32_t* rows;  // offsets of the tile rows (bases, or taps)
+  int64_t n_rows;
+  const std::int32_t* idx;   // offsets summed over (taps, or bases)
+  int64_t n_idx;
+  const T* panels;  // pack_direct of the filters' operand (F x n_idx)
+  int64_t filters;
+  const T* bias;    // forward: added to y's rows, or null
+  bool transposed;  // forward: out[f * ldo + row]; gradient: out[row * ldo + f]
+  bool accumulate;  // add to out instead of overwriting it
+  T* out;
+  int64_t ldo;
+};
+
+// One tile over sum steps [0, kc) of its panel block w, and its store: rows
+// [0, m_cur) of the tile, filters [0, f_cur) of the panel (out, bias at the
+// panel's first filter and the tile's first row).
+template <class C, int NU, typename T = typename C::T>
+inline void direct_tile(int64_t kc, const std::int32_t* __restrict idx, const T* __restrict w,
+                        const T* const* px, const T* bias, bool accumulate, bool transposed,
+                        T* out, int64_t ldo, int64_t m_cur, int64_t f_cur) {
+  using V = typename TransposeVec<T>::V;
+  using Z = Zmm<T>;
+  constexpr int MR = C::MR, L = Z::L;
+  static_assert(C::VL == L && MR <= L, "a tile's rows fit one vector's lanes");
+  const T* p[MR];
+  for (int i = 0; i < MR; ++i) p[i] = px[i];
+  V acc[MR][NU];
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NU; ++j) acc[i][j] = V{};
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; ++k) {
+    const int64_t d = idx[k];
+    V wv[NU];
+#pragma GCC unroll 8
+    for (int j = 0; j < NU; ++j) wv[j] = *reinterpret_cast<const V*>(w + j * L);
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i) {
+      const V xv = splat<V>(p[i][d]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NU; ++j) acc[i][j] += xv * wv[j];
+    }
+    w += NU * L;
+  }
+  if (!transposed) {  // row i of the tile is row i of out, filters along it
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i) {
+      if (i >= m_cur) break;
+#pragma GCC unroll 8
+      for (int j = 0; j < NU; ++j) {
+        const typename Z::K lanes = Z::mask(f_cur - j * L);
+        T* o = out + i * ldo + j * L;
+        typename Z::V v = reinterpret_cast<typename Z::V>(acc[i][j]);
+        if (accumulate) v = Z::add(v, Z::load(lanes, o));
+        Z::store(o, lanes, v);
+      }
+    }
+    return;
+  }
+  // Vector j holds filters j*L.. of row (pixel) i in acc[i][j]; after the
+  // transpose, r[l] holds filter j*L + l's pixels in its lanes 0..MR-1.
+  const typename Z::K lanes = Z::mask(m_cur);
+#pragma GCC unroll 8
+  for (int j = 0; j < NU; ++j) {
+    const int64_t rows = min64(L, f_cur - j * L);
+    if (rows <= 0) break;
+    V r[L];
+    for (int i = 0; i < L; ++i) r[i] = i < MR ? acc[i][j] : V{};
+    transpose_stage<T, 1>(r);
+    transpose_stage<T, 2>(r);
+    transpose_stage<T, 4>(r);
+    if constexpr (L == 16) transpose_stage<T, 8>(r);
+    for (int64_t l = 0; l < rows; ++l) {
+      T* o = out + (j * L + l) * ldo;
+      V v = r[l];
+      if (bias != nullptr) v += splat<V>(bias[j * L + l]);
+      typename Z::V ov = reinterpret_cast<typename Z::V>(v);
+      if (accumulate) ov = Z::add(ov, Z::load(lanes, o));
+      Z::store(o, lanes, ov);
+    }
+  }
+}
+
+// Elements of pack_direct's panels of an f x k operand.
+template <typename T>
+int64_t direct_panels_elems(int64_t f, int64_t k) {
+  using C = typename Blocking<T>::Direct;
+  return k * ceil_div(f, C::VL) * C::VL;
+}
+
+// a (f x k, row-major) -> panels of NR rows of a, each k x panel_width,
+// k-major: a^T's B panels of the GEMM (pack_b_panel, register transposes).
+template <typename T>
+void pack_direct(const T* a, int64_t f, int64_t k, T* dst) {
+  using C = typename Blocking<T>::Direct;
+  for (int64_t f0 = 0; f0 < f; f0 += C::NR) {
+    const int64_t f_cur = min64(C::NR, f - f0);
+    pack_b_panel<C>(k, f_cur, a + f0 * k, 1, k, dst);
+    dst += k * panel_width<C>(f_cur);
+  }
+}
+
+// Tiles [t0, t1) of one panel of filters [f0, f0 + f_cur), NU vectors wide.
+// The sum runs in equal blocks of <= KC steps, so that the panel's block
+// stays in L2 while every tile passes; blocks after the first add to out.
+template <class C, int NU, typename T = typename C::T>
+void direct_tiles(const DirectJob<T>& J, const T* panel, int64_t f0, int64_t f_cur, int64_t t0,
+                  int64_t t1) {
+  constexpr int64_t MR = C::MR, KC = C::KC;
+  const int64_t nr = panel_width<C>(f_cur);
+  const int64_t kb = ceil_div(J.n_idx, ceil_div(J.n_idx, KC));
+  for (int64_t k0 = 0; k0 < J.n_idx; k0 += kb) {
+    const int64_t kc = min64(kb, J.n_idx - k0);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = t * MR, m_cur = min64(MR, J.n_rows - r0);
+      const T* px[MR];
+      for (int64_t i = 0; i < MR; ++i)  // rows past the end repeat the first
+        px[i] = J.xp + J.rows[i < m_cur ? r0 + i : r0];
+      T* out = J.transposed ? J.out + f0 * J.ldo + r0 : J.out + r0 * J.ldo + f0;
+      const T* bias = k0 == 0 && J.bias != nullptr ? J.bias + f0 : nullptr;
+      direct_tile<C, NU>(kc, J.idx + k0, panel + k0 * nr, px, bias, J.accumulate || k0 > 0,
+                         J.transposed, out, J.ldo, m_cur, f_cur);
+    }
+  }
+}
+
+// The whole job with `nthreads` threads, which take disjoint ranges of tiles
+// (rows of out): no barrier, no shared writes (see run_cfg).
+template <typename T>
+void direct_run(const DirectJob<T>& J, int nthreads) {
+  using C = typename Blocking<T>::Direct;
+  static_assert(C::NV == 4, "direct_run dispatches 1..4 vectors");
+  const int64_t tiles = ceil_div(J.n_rows, C::MR);
+  auto slice = [&](int64_t t0, int64_t t1) {
+    const T* panel = J.panels;
+    for (int64_t f0 = 0; f0 < J.filters; f0 += C::NR) {
+      const int64_t f_cur = min64(C::NR, J.filters - f0);
+      const int64_t nu = ceil_div(f_cur, C::VL);
+      if (nu == 4)
+        direct_tiles<C, 4>(J, panel, f0, f_cur, t0, t1);
+      else if (nu == 3)
+        direct_tiles<C, 3>(J, panel, f0, f_cur, t0, t1);
+      else if (nu == 2)
+        direct_tiles<C, 2>(J, panel, f0, f_cur, t0, t1);
+      else
+        direct_tiles<C, 1>(J, panel, f0, f_cur, t0, t1);
+      panel += J.n_idx * panel_width<C>(f_cur);
+    }
+  };
+  int64_t nt = nthreads < 1 ? 1 : nthreads;
+  if (nt > tiles) nt = tiles;
+#ifdef _OPENMP
+  if (nt > 1) {
+    TeamJoin join;
+#pragma omp parallel num_threads(nt)
+    {
+      const int64_t t = omp_get_thread_num(), team = omp_get_num_threads();
+      slice(tiles * t / team, tiles * (t + 1) / team);
+      join.arrive();
+    }
+    return;
+  }
+#endif
+  slice(0, tiles);
+}
+
+template <typename T>
+void conv_direct(const T* xp, const Conv2dShape& s, const T* pw, const std::int32_t* taps,
+                 const std::int32_t* bases, const T* bias, T* y, int nthreads) {
+  const int64_t cols = s.col_cols();
+  direct_run(DirectJob<T>{xp, bases, cols, taps, s.col_rows(), pw, s.filters, bias, true, false,
+                          y, cols},
+             nthreads);
+}
+
+template <typename T>
+void wgrad_direct(const T* xp, const Conv2dShape& s, const T* pdy, const std::int32_t* taps,
+                  const std::int32_t* bases, bool accumulate, T* dwt, int nthreads) {
+  direct_run(DirectJob<T>{xp, taps, s.col_rows(), bases, s.col_cols(), pdy, s.filters, nullptr,
+                          false, accumulate, dwt, s.filters},
+             nthreads);
+}
+#endif
+
 // The wide configuration unless the narrow one saves over a fifth of the
 // padded columns. Not for n <= one vector: both kernels then run a single
 // vector column (micro_kernel_fit) at the same cost per row, and the wide
@@ -1162,12 +1373,22 @@ BlockSizes block_sizes() {  // the wide configuration's (reported by config())
 GemmImpl<float> make_gemm_float() {
   return {PYCONV_ISA_NAME, block_sizes<float>(), &workspace_elems<float>, &run<float>,
           &packed_a_elems<float>, &pack_a_whole<float>,
-          &pack_im2col<float>, &pack_im2col_a<float>, &col2im<float>};
+          &pack_im2col<float>, &pack_im2col_a<float>, &col2im<float>,
+#if defined(PYCONV_ISA_AVX512)
+          &direct_panels_elems<float>, &pack_direct<float>, &conv_direct<float>, &wgrad_direct<float>};
+#else
+          nullptr, nullptr, nullptr, nullptr};
+#endif
 }
 GemmImpl<double> make_gemm_double() {
   return {PYCONV_ISA_NAME, block_sizes<double>(), &workspace_elems<double>, &run<double>,
           &packed_a_elems<double>, &pack_a_whole<double>,
-          &pack_im2col<double>, &pack_im2col_a<double>, &col2im<double>};
+          &pack_im2col<double>, &pack_im2col_a<double>, &col2im<double>,
+#if defined(PYCONV_ISA_AVX512)
+          &direct_panels_elems<double>, &pack_direct<double>, &conv_direct<double>, &wgrad_direct<double>};
+#else
+          nullptr, nullptr, nullptr, nullptr};
+#endif
 }
 
 }  // namespace PYCONV_ISA

@@ -181,6 +181,43 @@ def test_dx_as_convolution(isa, case, dtype, nthreads, restore_threads):
     _check_conv(case, dtype, seed=11, layer=True)
 
 
+# The direct kernels on AVX-512 (vectors along filters, inputs broadcast from
+# the padded image): the forward of layers with >= 256 taps (C*KH*KW), dx_conv's
+# convolution of dout when F*KH*KW >= 256 too (the second field), and every
+# padded layer's weight gradient (tiles of 6 taps). The cases reach their
+# edges: filters past the last whole panel of 64 (1-3 vectors, partial last
+# vector), tiles of 6 pixels spanning output rows, partial last tiles of pixels
+# and of taps, a single output pixel, stride 2, an even and a non-square
+# kernel, over 1024 taps or pixels (the sum in blocks, added into y or dW), and
+# N = 1, where 2 threads split one image's tiles.
+DIRECT_CASES = [
+    (ConvCase(2, 2, 40, 30, 5, 3, 3, 1, 1), False),  # 1200 pixels: dW's sum in 2 blocks
+    (ConvCase(2, 32, 7, 9, 70, 3, 3, 1, 1), True),  # F = 64 + 6; 63 pixels, 7 a row
+    (ConvCase(3, 48, 6, 5, 40, 3, 3, 2, 1), False),  # stride 2; F = 40: 3 vectors
+    (ConvCase(1, 120, 5, 5, 33, 3, 3, 1, 1), True),  # 1080 taps: 2 blocks; dx F' = 64 + 56
+    (ConvCase(2, 30, 1, 1, 17, 3, 3, 1, 1), False),  # one output pixel
+    (ConvCase(1, 64, 4, 4, 130, 3, 3, 1, 2), True),  # F = 2 x 64 + 2; dx: 1170 taps
+    (ConvCase(2, 70, 5, 6, 9, 2, 2, 1, 1), False),  # even kernel
+    (ConvCase(2, 40, 6, 7, 20, 3, 5, 1, 2), False),  # KH != KW: dx by col2im
+    (ConvCase(2, 16, 8, 8, 7, 5, 5, 1, 4), False),  # pad = K - 1: tiles read the border
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("case", "dx_direct"), DIRECT_CASES, ids=str)
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_direct_convolution(isa, case, dx_direct, dtype, nthreads, restore_threads):
+    forward = _core.conv2d_plan(np.dtype(dtype).name, case.n, case.c, case.h, case.w, case.fn,
+                                case.fh, case.fw, case.stride, case.pad, False, nthreads)
+    backward = _plan(case, dtype, nthreads)
+    avx512 = isa == "avx512"
+    assert forward["fwd_direct"] == (avx512 and case.c * case.fh * case.fw >= 256), forward
+    assert backward["dx_direct"] == (avx512 and dx_direct), backward
+    assert backward["dw_direct"] == avx512, backward
+    pyconv.set_num_threads(nthreads)
+    _check_conv(case, dtype, seed=17, layer=True)
+
+
 # Where the convolution of dout does not apply, dx goes through col2im. At
 # stride 1 AVX-512's col2im gathers each vector of a dx row from its taps'
 # segments (masked loads; an expand-load where a tap's segment starts left of

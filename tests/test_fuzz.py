@@ -983,14 +983,17 @@ def test_fuzz_conv2d_plan(dtype, dims, backward, nthreads):
             assert isinstance(e, TypeError), repr(e)
         return
     assert ex.valid, f"conv2d_plan accepted an invalid call\n{ex}"
-    # The plan's fields (padded and dx_conv were added with the padded im2col
-    # and the flipped-kernel dx; this set had not been updated).
     assert set(plan) == {"team", "gemm_threads", "direct", "padded", "dx_conv",
-                         "workspace_bytes"}
+                         "fwd_direct", "dx_direct", "dw_direct", "workspace_bytes"}
     assert plan["team"] >= 1 and plan["gemm_threads"] >= 1
     assert plan["workspace_bytes"] >= 0
     assert backward or not plan["dx_conv"]  # a forward computes no dx
     assert not (plan["direct"] and plan["padded"])  # a 1x1 layer reads x in place
+    # The direct convolution reads the padded copy: of x in the forward, of
+    # dy in dx_conv; a plan runs one of the two.
+    assert not plan["fwd_direct"] or (plan["padded"] and not backward)
+    assert not plan["dx_direct"] or plan["dx_conv"]
+    assert not plan["dw_direct"] or (plan["padded"] and backward)
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None)
