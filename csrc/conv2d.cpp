@@ -104,9 +104,6 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   p.dx_conv = backward && p.padded && s.stride == 1 && s.kernel_h == s.kernel_w &&
               s.pad <= s.kernel_h - 1 && s.channels >= 16 && padded_bytes<T>(sd) <= kPadBudget;
   p.flip_elems = p.dx_conv ? f * ckk : 0;
-  // The weights' side of a GEMM is the same for every image: its A panels are
-  // packed once per call (d's forward spent 3% of its time repacking w per
-  // image): w for the forward; for dx, the flipped kernel or w^T.
   // The direct convolution (vectors along filters, GemmImpl::conv_direct)
   // where the ISA has one and the layer has enough taps (C*KH*KW): each tile
   // of 6 pixels x 64 filters ends with register transposes and 64 masked
@@ -132,6 +129,10 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   p.table_elems = (tables * 4 + static_cast<std::int64_t>(sizeof(T)) - 1) /
                   static_cast<std::int64_t>(sizeof(T));
   p.dyt_elems = p.dw_direct ? g.direct_panels_elems(f, cols) : 0;
+  // The weights' side of a product is the same for every image: it is packed
+  // once per call (d's forward spent 3% of its time repacking w per image), as
+  // GEMM A panels or the direct kernel's panels: w for the forward; for dx,
+  // the flipped kernel or w^T.
   const GemmDims dx = dx_gemm(s, p.dx_conv);
   if (backward)
     p.packed_w_elems = p.dx_direct ? g.direct_panels_elems(dx.m, dx.k)
@@ -376,11 +377,11 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
   if (dx != nullptr) {
     const GemmDims d = dx_gemm(s, p.dx_conv);
     if (p.dx_conv) flip_kernel(w, s, scratch.flip());
-    const MatRef<T> a = p.dx_conv ? MatRef<T>{scratch.flip(), d.m, d.k, d.k, 1}
-                                  : MatRef<T>{w, f, ckk, ckk, 1}.t();
     if (p.dx_direct) {
       g.pack_direct(scratch.flip(), d.m, d.k, scratch.packed_w());
     } else {
+      const MatRef<T> a = p.dx_conv ? MatRef<T>{scratch.flip(), d.m, d.k, d.k, 1}
+                                    : MatRef<T>{w, f, ckk, ckk, 1}.t();
       g.pack_a(d.m, d.n, d.k, a, scratch.packed_w());
     }
     pwx = scratch.packed_w();

@@ -153,9 +153,9 @@ def test_larger_shapes(isa, dtype):
 # ---- the code paths a shape takes (conv2d_plan names them) ---------------------
 
 
-def _plan(case: ConvCase, dtype, nthreads: int = 1) -> dict:
+def _plan(case: ConvCase, dtype, nthreads: int = 1, backward: bool = True) -> dict:
     return _core.conv2d_plan(np.dtype(dtype).name, case.n, case.c, case.h, case.w, case.fn,
-                             case.fh, case.fw, case.stride, case.pad, True, nthreads)
+                             case.fh, case.fw, case.stride, case.pad, backward, nthreads)
 
 
 # Stride 1, pad <= K - 1, square kernel, >= 16 channels: dx is computed as the
@@ -207,8 +207,7 @@ DIRECT_CASES = [
 @pytest.mark.parametrize(("case", "dx_direct"), DIRECT_CASES, ids=str)
 @pytest.mark.parametrize("nthreads", [1, 2])
 def test_direct_convolution(isa, case, dx_direct, dtype, nthreads, restore_threads):
-    forward = _core.conv2d_plan(np.dtype(dtype).name, case.n, case.c, case.h, case.w, case.fn,
-                                case.fh, case.fw, case.stride, case.pad, False, nthreads)
+    forward = _plan(case, dtype, nthreads, backward=False)
     backward = _plan(case, dtype, nthreads)
     avx512 = isa == "avx512"
     assert forward["fwd_direct"] == (avx512 and case.c * case.fh * case.fw >= 256), forward
