@@ -3,21 +3,21 @@
 Sweeps squares 64..2048, sizes straddling the MR/NR/KC blocking reported by
 ``pyconv._core.config()``, and the GEMM shapes convolution and SimpleConvNet
 really produce (per-image conv forward / backward-weight / backward-input,
-affine layers). By default it re-runs itself with OPENBLAS_CORETYPE and
-OPENBLAS_L2_SIZE unset, so NumPy uses its native kernel for this CPU; the
-kernel that ran is recorded (threadpoolctl 'architecture').
+affine layers), and the FMA peak of pyconv's code path (``_core.fma_peak``).
+By default it re-runs itself with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
+unset, so NumPy uses its native kernel for this CPU; the kernel that ran is
+recorded (threadpoolctl 'architecture').
 
     python benchmarks/bench_gemm.py [--quick] [--threads 1,2] [--dtype float32]
-        [--keep-blas-env] [--no-peak-probe] [--contend] [--out gemm.csv] [--json gemm.json]
+        [--keep-blas-env] [--contend] [--out gemm.csv] [--json gemm.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from common import measure_fma_peak, reexec_without_blas_env, run_script
+from common import reexec_without_blas_env, run_script
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,18 +28,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE as set",
     )
-    pre.add_argument(
-        "--no-peak-probe", action="store_true", help="do not compile and run fma_peak.c"
-    )
     own, rest = pre.parse_known_args(argv)
     if "-h" in rest or "--help" in rest:
         pre.print_help()
         return run_script("gemm", rest)
     if not own.keep_blas_env:
         reexec_without_blas_env(argv)
-    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    peak = {} if own.no_peak_probe else measure_fma_peak(list(range(1, (ncpu or 1) + 1)))
-    return run_script("gemm", rest, measured_peak=peak)
+    return run_script("gemm", rest)
 
 
 if __name__ == "__main__":

@@ -649,6 +649,21 @@ py::dict conv2d_plan_py(const std::string& dtype, int64_t n, int64_t c, int64_t 
                   "workspace_bytes"_a = p.bytes);
 }
 
+double fma_peak_py(const std::string& dtype, int nthreads, double seconds) {
+  if (nthreads < 1 || nthreads > kMaxThreads)
+    fail("fma_peak: expected 1 <= nthreads <= " + std::to_string(kMaxThreads) + ", but got " +
+         std::to_string(nthreads));
+  if (!(seconds > 0.0 && seconds <= 60.0))
+    fail("fma_peak: expected 0 < seconds <= 60, but got " + std::to_string(seconds));
+  const bool f32 = dtype == "float32";
+  if (!f32 && dtype != "float64")
+    throw py::type_error("fma_peak: expected dtype 'float32' or 'float64', but got '" + dtype +
+                         "'");
+  py::gil_scoped_release release;
+  return f32 ? fma_peak_gflops<float>(nthreads, seconds)
+             : fma_peak_gflops<double>(nthreads, seconds);
+}
+
 }  // namespace
 }  // namespace pyconv
 
@@ -680,6 +695,10 @@ PYBIND11_MODULE(_core, m) {
       throw std::invalid_argument("set_isa: '" + name + "' is not available on this CPU/build (available: " + avail + ")");
     }
   }, "name"_a);
+  m.def("fma_peak", &fma_peak_py, "dtype"_a, "nthreads"_a, "seconds"_a = 0.3,
+        "FMA throughput of the selected code path in GFLOP/s: independent vector\n"
+        "multiply-add chains on `nthreads` threads for about `seconds` (benchmarks\n"
+        "report GEMM rates as a fraction of it).");
   m.def("conv2d_plan", &conv2d_plan_py, "dtype"_a, "batch"_a, "channels"_a, "height"_a,
         "width"_a, "filters"_a, "kernel_h"_a, "kernel_w"_a, "stride"_a, "pad"_a,
         "backward"_a = true, "nthreads"_a = 0,

@@ -3,10 +3,15 @@
 #include "gemm.h"
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 
 #include "runtime.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace pyconv {
 
@@ -143,6 +148,47 @@ void gemm(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a, 
   impl.run(m, n, k, alpha, a, b, beta, c, ldc, static_cast<T*>(slab.data()), nthreads, nullptr,
            nullptr, nullptr, nullptr);
 }
+
+// A round of the probe takes a few nanoseconds: calibrate on one thread until
+// a run lasts >= 5 ms, then give every thread a run of `seconds`. The rate is
+// all threads' flops over the region's wall time, so a thread that starts
+// late lowers it, and a build without OpenMP reports what its one thread does.
+template <typename T>
+double fma_peak_gflops(int nthreads, double seconds) {
+  using Clock = std::chrono::steady_clock;
+  const GemmImpl<T>& impl = gemm_impl<T>();
+  T sink = 0;
+  std::int64_t iters = 1024;
+  double elapsed = 0;
+  for (;;) {
+    const auto t0 = Clock::now();
+    impl.fma_probe(iters, &sink);
+    elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (elapsed >= 5e-3 || iters >= (std::int64_t{1} << 40)) break;
+    iters *= 4;
+  }
+  const double scaled = static_cast<double>(iters) * seconds / (elapsed > 0 ? elapsed : 1e-9);
+  iters = scaled < 1.0    ? 1
+          : scaled > 1e12 ? std::int64_t{1000000000000}
+                          : static_cast<std::int64_t>(scaled);
+  double flops = 0, checksum = 0;
+  const auto t0 = Clock::now();
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads) reduction(+ : flops, checksum)
+#endif
+  {
+    T own = 0;
+    flops += impl.fma_probe(iters, &own);
+    checksum += static_cast<double>(own);
+  }
+  const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+  // The checksums keep every chain live; they are never large or NaN.
+  if (!(static_cast<double>(sink) + checksum < 1e300)) return 0.0;
+  return flops / wall * 1e-9;
+}
+
+template double fma_peak_gflops<float>(int, double);
+template double fma_peak_gflops<double>(int, double);
 
 template void gemm<float>(std::int64_t, std::int64_t, std::int64_t, float, MatRef<float>,
                           MatRef<float>, float, float*, std::int64_t, int);

@@ -98,6 +98,9 @@ struct GemmImpl {
   void (*wgrad_direct)(const T* xp, const Conv2dShape& s, const T* pdy,
                        const std::int32_t* taps, const std::int32_t* bases, bool accumulate,
                        T* dwt, int nthreads);
+  // FMA throughput probe (benchmarks only): `iters` rounds of independent
+  // vector multiply-adds; returns the flops done, adds a checksum to *sink.
+  double (*fma_probe)(std::int64_t iters, T* sink);
 };
 
 // The implementation in use for T (the selected ISA).
@@ -109,6 +112,12 @@ std::vector<std::string> available_isas();
 std::string current_isa();
 // Selects a code path by name; returns false if unknown or unsupported here.
 bool select_isa(const std::string& name);
+
+// The selected code path's FMA peak in GFLOP/s with `nthreads` threads, each
+// running fma_probe for about `seconds` (one calibration round first).
+// Preconditions: nthreads >= 1, 0 < seconds <= 60.
+template <typename T>
+double fma_peak_gflops(int nthreads, double seconds);
 
 // C (m x n, row-major, ldc) = alpha * A (m x k) * B (k x n) + beta * C.
 // beta == 0: C is write-only (never read; may hold NaN). Allocates its pack

@@ -1361,6 +1361,39 @@ void pack_a_whole(int64_t m, int64_t n, int64_t k, MatRef<T> a, T* dst) {
   with_config<T>(n, [&](auto cfg) { cfg_pack_a_whole<decltype(cfg)>(m, k, a, dst); });
 }
 
+// ---- FMA peak probe ----------------------------------------------------------
+// `iters` rounds of kFmaChains independent multiply-adds on full vectors of
+// this ISA: with enough chains to cover FMA latency x pipes, the loop runs at
+// the core's FMA throughput, the ceiling the micro-kernels are measured
+// against (benchmarks report their GFLOP/s as a fraction of it). Returns the
+// flops done; the sum of the lanes goes to *sink so that no chain is dead.
+// 16 chains fill 4-cycle x 2-pipe AVX-512 cores twice over with 18 of 32
+// registers; 12 leave AVX2's and the baseline's 16 registers room for m and a.
+constexpr int kFmaChains = kVecBytes == 64 ? 16 : 12;
+
+template <typename T>
+double fma_probe(int64_t iters, T* sink) {
+  using V = typename VecOf<T>::V;
+  // Opaque to the optimiser: with constants GCC folded the chain that starts
+  // at m, since m * m + a == m exactly in float (one chain fewer, a "peak"
+  // 6% above the hardware's).
+  volatile T m_in = static_cast<T>(0.999999), a_in = static_cast<T>(1e-6);
+  const V m = splat<V>(static_cast<T>(m_in)), a = splat<V>(static_cast<T>(a_in));
+  V acc[kFmaChains];
+  for (int c = 0; c < kFmaChains; ++c) acc[c] = m * static_cast<T>(c + 1);
+  for (int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 16
+    for (int c = 0; c < kFmaChains; ++c) acc[c] = acc[c] * m + a;
+  }
+  V total = acc[0];
+  for (int c = 1; c < kFmaChains; ++c) total += acc[c];
+  T s = 0;
+  for (std::size_t j = 0; j < sizeof(V) / sizeof(T); ++j) s += total[j];
+  *sink += s;
+  return 2.0 * kFmaChains * static_cast<double>(sizeof(V) / sizeof(T)) *
+         static_cast<double>(iters);
+}
+
 template <typename T>
 BlockSizes block_sizes() {  // the wide configuration's (reported by config())
   using W = typename Blocking<T>::Wide;
@@ -1374,20 +1407,22 @@ GemmImpl<float> make_gemm_float() {
           &packed_a_elems<float>, &pack_a_whole<float>,
           &pack_im2col<float>, &pack_im2col_a<float>, &col2im<float>,
 #if defined(PYCONV_ISA_AVX512)
-          &direct_panels_elems<float>, &pack_direct<float>, &conv_direct<float>, &wgrad_direct<float>};
+          &direct_panels_elems<float>, &pack_direct<float>, &conv_direct<float>, &wgrad_direct<float>,
 #else
-          nullptr, nullptr, nullptr, nullptr};
+          nullptr, nullptr, nullptr, nullptr,
 #endif
+          &fma_probe<float>};
 }
 GemmImpl<double> make_gemm_double() {
   return {PYCONV_ISA_NAME, block_sizes<double>(), &workspace_elems<double>, &run<double>,
           &packed_a_elems<double>, &pack_a_whole<double>,
           &pack_im2col<double>, &pack_im2col_a<double>, &col2im<double>,
 #if defined(PYCONV_ISA_AVX512)
-          &direct_panels_elems<double>, &pack_direct<double>, &conv_direct<double>, &wgrad_direct<double>};
+          &direct_panels_elems<double>, &pack_direct<double>, &conv_direct<double>, &wgrad_direct<double>,
 #else
-          nullptr, nullptr, nullptr, nullptr};
+          nullptr, nullptr, nullptr, nullptr,
 #endif
+          &fma_probe<double>};
 }
 
 }  // namespace PYCONV_ISA

@@ -217,3 +217,27 @@ def test_large_by_projection(isa, dtype):
         name = f"large gemm {m}x{n}x{k} {np.dtype(dtype).name} trans=({trans_a}, {trans_b})"
         assert np.all(np.isfinite(lhs)), name
         np.testing.assert_allclose(lhs, rhs, rtol=tol, atol=tol * scale.max(), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fma_peak_probe(isa, dtype):
+    # The benchmarks' ceiling: a finite, positive rate from every code path
+    # (its size is the benchmarks' business; tests are not timing-sensitive).
+    for threads in (1, 2):
+        rate = _core.fma_peak(dtype, threads, 0.01)
+        assert np.isfinite(rate) and rate > 0, (isa, dtype, threads, rate)
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (("float16", 1, 0.1), TypeError),
+        (("float32", 0, 0.1), ValueError),
+        (("float32", 1, 0.0), ValueError),
+        (("float32", 1, float("nan")), ValueError),
+        (("float64", 1, 61.0), ValueError),
+    ],
+)
+def test_fma_peak_rejects_bad_arguments(args, error):
+    with pytest.raises(error, match="fma_peak"):
+        _core.fma_peak(*args)
