@@ -263,9 +263,17 @@ def gemm(a, b, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None) -
         and type(beta) is float
         and math.isfinite(alpha)
         and math.isfinite(beta)
-        and out is None
-    ):
-        return _core.gemm(a, b, bool(trans_a), bool(trans_b), alpha, beta, None)
+        and (
+            out is None
+            or (
+                type(out) is np.ndarray
+                and out.dtype == a.dtype
+                and out.flags.c_contiguous
+                and out.flags.aligned
+            )
+        )
+    ):  # the core checks out's shape, writeability and overlap itself
+        return _core.gemm(a, b, bool(trans_a), bool(trans_b), alpha, beta, out)
     a_arr, b_arr = np.asarray(a), np.asarray(b)
     dtype = np.result_type(compute_dtype(a_arr.dtype, "a"), compute_dtype(b_arr.dtype, "b"))
     a2, ta = _gemm_operand(a_arr, dtype, "a")

@@ -89,6 +89,9 @@ CASES = [
                                                out=np.zeros((6, 3)).T), TypeError, r"out"),
     ("gemm out overlaps a", lambda: (lambda a: F.gemm(a[:, :3], np.eye(3), out=a))(
         np.zeros((3, 3))), (ValueError, TypeError), r"out"),
+    ("gemm out read-only", lambda: (lambda o: (o.setflags(write=False), F.gemm(
+        np.zeros((3, 4)), np.zeros((4, 6)), out=o)))(np.zeros((3, 6))), ValueError,
+     r"out is read-only"),
     ("core gemm out overlaps a", lambda: (lambda a: _core.gemm(a, np.eye(3), False, False,
                                                                1.0, 0.0, a))(np.zeros((3, 3))),
      ValueError, r"out must not overlap"),
