@@ -14,27 +14,17 @@ recorded (threadpoolctl 'architecture').
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from common import reexec_without_blas_env, run_script
+from common import run_script
 
 
 def main(argv: list[str] | None = None) -> int:
+    # NumPy's native kernel by default (pyconv bench's --native-blas);
+    # --keep-blas-env keeps the OpenBLAS overrides as set.
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument(
-        "--keep-blas-env",
-        action="store_true",
-        help="keep OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE as set",
-    )
-    own, rest = pre.parse_known_args(argv)
-    if "-h" in rest or "--help" in rest:
-        pre.print_help()
-        return run_script("gemm", rest)
-    if not own.keep_blas_env:
-        reexec_without_blas_env(argv)
-    return run_script("gemm", rest)
+    keep = "--keep-blas-env" in argv
+    return run_script("gemm", [a for a in argv if a != "--keep-blas-env"], native_blas=not keep)
 
 
 if __name__ == "__main__":

@@ -1144,9 +1144,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _rerun_without_blas_env(
-    argv: list[str], defaults: dict | None, measured_peak: dict | None, native_blas: bool
-) -> int:
+def _rerun_without_blas_env(argv: list[str], defaults: dict | None, native_blas: bool) -> int:
     env = dict(os.environ)
     if native_blas:
         env = {k: v for k, v in env.items() if k not in _BLAS_ENV}
@@ -1160,13 +1158,12 @@ def _rerun_without_blas_env(
     print(f"pyconv bench: {_BLAS_TIMEOUT}={env[_BLAS_TIMEOUT]}", flush=True)
     code = (
         "import json, sys; from pyconv.bench import main; "
-        f"sys.exit(main(sys.argv[1:], defaults=json.loads({json.dumps(defaults)!r}), "
-        f"measured_peak=json.loads({json.dumps(measured_peak)!r})))"
+        f"sys.exit(main(sys.argv[1:], defaults=json.loads({json.dumps(defaults)!r})))"
     )
     return subprocess.run([sys.executable, "-c", code, *argv], env=env, check=False).returncode
 
 
-def run(args: argparse.Namespace, measured_peak: dict | None = None) -> dict:
+def run(args: argparse.Namespace) -> dict:
     """Run the selected benchmarks; returns the report dict."""
     only = _csv_list(args.only)
     unknown = set(only) - {"gemm", "conv", "pool", "train"}
@@ -1224,8 +1221,7 @@ def run(args: argparse.Namespace, measured_peak: dict | None = None) -> dict:
             res += bench_train(dtypes, threads, reps, min_time, rng, torch, with_numpy=with_numpy)
         return res
 
-    if "gemm" in only and measured_peak is None:
-        measured_peak = measure_fma_peak(dtypes, threads)
+    measured_peak = measure_fma_peak(dtypes, threads) if "gemm" in only else {}
     results = suite(np.random.default_rng(args.seed))
     report = {
         "system": info,
@@ -1242,7 +1238,7 @@ def run(args: argparse.Namespace, measured_peak: dict | None = None) -> dict:
         "gemm_peak": gemm_peak_summary(results, measured_peak),
     }
     if measured_peak:
-        info["measured_peak_gflops"] = dict(measured_peak)
+        info["measured_peak_gflops"] = measured_peak
     if args.contend:
         with BusyLoop() as busy:
             loaded = suite(np.random.default_rng(args.seed))
@@ -1257,13 +1253,11 @@ def main(
     argv: Sequence[str] | None = None,
     *,
     defaults: dict | None = None,
-    measured_peak: dict | None = None,
 ) -> int:
     """Entry point of ``pyconv bench``; returns the process exit code.
 
     ``defaults`` overrides option defaults (the scripts in ``benchmarks/`` use
-    it, e.g. ``{"only": "gemm", "full": True}``); ``measured_peak`` maps
-    ``"float32/1"`` to a measured FMA peak in GFLOP/s for the GEMM summary.
+    it, e.g. ``{"only": "gemm", "full": True}``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -1272,7 +1266,7 @@ def main(
     args = parser.parse_args(argv)
     native = args.native_blas and any(k in os.environ for k in _BLAS_ENV)
     if native or _BLAS_TIMEOUT not in os.environ:
-        return _rerun_without_blas_env(argv, defaults, measured_peak, native)
+        return _rerun_without_blas_env(argv, defaults, native)
     if args.self_test:
         torch = None if args.no_torch else _import_torch()
         failures = self_test(torch, np.random.default_rng(args.seed))
@@ -1282,7 +1276,7 @@ def main(
         print(f"self-test against {ref}: {'FAILED' if failures else 'ok'}")
         return 1 if failures else 0
     try:
-        report = run(args, measured_peak)
+        report = run(args)
     except ValueError as exc:
         parser.error(str(exc))
     if not args.quiet:
