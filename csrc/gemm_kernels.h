@@ -128,55 +128,24 @@ inline V splat(T s) {
 }
 
 // ---- Micro-kernel ------------------------------------------------------------
-// C[0:m_cur, 0:n_cur] = alpha * (A_panel * B_panel) + beta * C, over kc, with
-// NU of the configuration's NV vector columns (n_cur <= NU*VL): the B panel is
-// NU*VL wide (panel_width). The last panel of a product whose n is not a
-// multiple of NR is packed and run only as wide as it needs (n = 196 on a
-// 64-wide panel: 3 full panels + one 16-wide, not 4 full; n = 10: one vector,
-// not 64 columns of which 54 are zeros). Likewise only the first MU of the
-// panel's MR rows are multiplied (m_cur <= MU): a last row panel with 1 of 12
-// rows does one row's work, not twelve.
-template <class C, int NU = C::NV, int MU = C::MR, typename T = typename C::T>
-inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b,
-                         T* __restrict c, int64_t ldc, T alpha, T beta, const T* bias,
-                         int64_t m_cur, int64_t n_cur) {
-  using V = typename VecOf<T>::V;
-  using VU = typename VecOf<T>::VU;
-  constexpr int MR = C::MR, VL = C::VL;
-  static_assert(NU >= 1 && NU <= C::NV, "NU vectors of an NV-vector panel");
-  static_assert(MU >= 1 && MU <= MR, "MU rows of an MR-row panel");
-
-  // Ask for the C tile now, so that its lines arrive during the k loop
-  // instead of stalling the update (C is revisited once per KC block and a
-  // large C lives in DRAM). NU vectors span at most NU + 1 lines.
+// Asks for an m_cur x NU-vector tile of C now, so that its lines arrive during
+// the k loop instead of stalling the update (C is revisited once per KC block
+// and a large C lives in DRAM). NU vectors span at most NU + 1 lines.
+template <int NU, int VL, typename T>
+inline void prefetch_tile(const T* c, int64_t ldc, int64_t m_cur) {
   for (int64_t i = 0; i < m_cur; ++i)
 #pragma GCC unroll 8
     for (int j = 0; j <= NU; ++j) __builtin_prefetch(c + i * ldc + j * VL, 1, 3);
+}
 
-  V acc[MU][NU];
-#pragma GCC unroll 32
-  for (int i = 0; i < MU; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < NU; ++j) acc[i][j] = V{};
-
-#pragma GCC unroll 4
-  for (int64_t p = 0; p < kc; ++p) {
-    V bv[NU];
-#pragma GCC unroll 8
-    for (int j = 0; j < NU; ++j) bv[j] = *reinterpret_cast<const V*>(b + j * VL);
-#pragma GCC unroll 32
-    for (int i = 0; i < MU; ++i) {
-      const V av = splat<V>(a[i]);
-#pragma GCC unroll 8
-      for (int j = 0; j < NU; ++j) acc[i][j] += av * bv[j];
-    }
-    a += MR;
-    b += NU * VL;
-  }
-
-  // Whole vectors go straight to C; only the lanes past n_cur in the last
-  // vector (and rows past m_cur) take the scalar path. A row's bias is added
-  // last (no bias: nothing added, so -0.0 stays -0.0).
+// C[0:m_cur, 0:n_cur] = alpha * acc + beta * C (+ bias[i] on row i): whole
+// vectors go straight to C; only the lanes past n_cur in the last vector (and
+// rows past m_cur) take the scalar path. A row's bias is added last (no bias:
+// nothing added, so -0.0 stays -0.0).
+template <int NU, int MU, int VL, typename T, typename V>
+inline void store_tile(const V (&acc)[MU][NU], T* __restrict c, int64_t ldc, T alpha, T beta,
+                       const T* bias, int64_t m_cur, int64_t n_cur) {
+  using VU = typename VecOf<T>::VU;
   const int64_t full_vecs = n_cur / VL;
 #pragma GCC unroll 32
   for (int i = 0; i < MU; ++i) {
@@ -202,6 +171,107 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
       }
     }
   }
+}
+
+// C[0:m_cur, 0:n_cur] = alpha * (A_panel * B_panel) + beta * C, over kc, with
+// NU of the configuration's NV vector columns (n_cur <= NU*VL): the B panel is
+// NU*VL wide (panel_width). The last panel of a product whose n is not a
+// multiple of NR is packed and run only as wide as it needs (n = 196 on a
+// 64-wide panel: 3 full panels + one 16-wide, not 4 full; n = 10: one vector,
+// not 64 columns of which 54 are zeros). Likewise only the first MU of the
+// panel's MR rows are multiplied (m_cur <= MU): a last row panel with 1 of 12
+// rows does one row's work, not twelve.
+template <class C, int NU = C::NV, int MU = C::MR, typename T = typename C::T>
+inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b,
+                         T* __restrict c, int64_t ldc, T alpha, T beta, const T* bias,
+                         int64_t m_cur, int64_t n_cur) {
+  using V = typename VecOf<T>::V;
+  constexpr int MR = C::MR, VL = C::VL;
+  static_assert(NU >= 1 && NU <= C::NV, "NU vectors of an NV-vector panel");
+  static_assert(MU >= 1 && MU <= MR, "MU rows of an MR-row panel");
+  prefetch_tile<NU, VL>(c, ldc, m_cur);
+
+  V acc[MU][NU];
+#pragma GCC unroll 32
+  for (int i = 0; i < MU; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NU; ++j) acc[i][j] = V{};
+
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kc; ++p) {
+    V bv[NU];
+#pragma GCC unroll 8
+    for (int j = 0; j < NU; ++j) bv[j] = *reinterpret_cast<const V*>(b + j * VL);
+#pragma GCC unroll 32
+    for (int i = 0; i < MU; ++i) {
+      const V av = splat<V>(a[i]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NU; ++j) acc[i][j] += av * bv[j];
+    }
+    a += MR;
+    b += NU * VL;
+  }
+  store_tile<NU, MU, VL>(acc, c, ldc, alpha, beta, bias, m_cur, n_cur);
+}
+
+// The micro-kernel on operands read in place, for products too small to
+// repay packing (gemm_small): exactly MU rows of A, and NU whole vectors of B
+// per k step, row p at b + p * ldb (unaligned loads). A is row-major (kRowsA:
+// row i at a + i * lda, one pointer per row stepping along k) or transposed
+// (its MU elements of step p together at a + p * lda). A stride multiplied in
+// the loop instead cost GCC spills of the row pointers.
+template <class C, int NU, int MU, bool kRowsA, typename T = typename C::T>
+inline void micro_kernel_unpacked(int64_t kc, const T* __restrict a, int64_t lda,
+                                  const T* __restrict b, int64_t ldb, T* __restrict c,
+                                  int64_t ldc, T alpha, T beta, const T* bias, int64_t n_cur) {
+  using V = typename VecOf<T>::V;
+  using VU = typename VecOf<T>::VU;
+  constexpr int VL = C::VL;
+  prefetch_tile<NU, VL>(c, ldc, MU);
+  V acc[MU][NU];
+#pragma GCC unroll 32
+  for (int i = 0; i < MU; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NU; ++j) acc[i][j] = V{};
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kc; ++p) {
+    V bv[NU];
+#pragma GCC unroll 8
+    for (int j = 0; j < NU; ++j) bv[j] = *reinterpret_cast<const VU*>(b + j * VL);
+#pragma GCC unroll 32
+    for (int i = 0; i < MU; ++i) {
+      const V av = splat<V>(kRowsA ? a[i * lda + p] : a[i]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NU; ++j) acc[i][j] += av * bv[j];
+    }
+    if (!kRowsA) a += lda;
+    b += ldb;
+  }
+  store_tile<NU, MU, VL>(acc, c, ldc, alpha, beta, bias, MU, n_cur);
+}
+
+// micro_kernel_unpacked with the fewest vectors that cover n_cur columns and
+// exactly m_cur rows (A is read in place: no padded rows to read).
+template <class C, bool kRowsA, int NU = C::NV, int MU = C::MR, typename T = typename C::T>
+inline void micro_kernel_unpacked_fit(int64_t kc, const T* a, int64_t lda, const T* b,
+                                      int64_t ldb, T* c, int64_t ldc, T alpha, T beta,
+                                      const T* bias, int64_t m_cur, int64_t n_cur) {
+  if constexpr (NU > 1) {
+    if (n_cur <= (NU - 1) * C::VL) {
+      micro_kernel_unpacked_fit<C, kRowsA, NU - 1>(kc, a, lda, b, ldb, c, ldc, alpha, beta,
+                                                   bias, m_cur, n_cur);
+      return;
+    }
+  }
+  if constexpr (MU > 1) {
+    if (m_cur < MU) {
+      micro_kernel_unpacked_fit<C, kRowsA, NU, MU - 1>(kc, a, lda, b, ldb, c, ldc, alpha, beta,
+                                                       bias, m_cur, n_cur);
+      return;
+    }
+  }
+  micro_kernel_unpacked<C, NU, MU, kRowsA>(kc, a, lda, b, ldb, c, ldc, alpha, beta, bias,
+                                           n_cur);
 }
 
 // The width a B panel of n_cur columns is packed at: whole vectors, <= NR.
@@ -1031,6 +1101,71 @@ void run_cfg(const Problem<T>& P, T* work, int nthreads) {
   gemm_slice<C>(P, 0, m, 0, n, work);
 }
 
+// ---- Small products, A never packed ---------------------------------------------
+// Below some 1e7 flops the packed path's fixed work per call weighs:
+// packing all of A (used by n / NR panels: once, for n <= NR) and all of B
+// (used by m / MR panels). Here A is read in place by the micro-kernel's
+// broadcasts, and B too where its rows are contiguous and the panel is whole
+// vectors wide; only a B panel that is transposed or ends mid-vector is
+// packed, one at a time, into the thread's scratch. Same loops as gemm_slice
+// (pc -> jr -> ir) and the same sums in the same order, on one thread
+// (use_small): a product computes the same bits on either path.
+template <class C, bool kRowsA, typename T = typename C::T>
+void gemm_small(const Problem<T>& P, T* work) {
+  constexpr int64_t MR = C::MR, KC = C::KC, NR = C::NR, VL = C::VL;
+  const int64_t lda = kRowsA ? P.a.rs : P.a.cs;
+  // Rows in equal tiles of <= MR (25 rows: 5 x 5, not 4 x 6 + 1): a one-row
+  // tile waits on FMA latency for a sixth of the work.
+  const int64_t row_tiles = ceil_div(P.m, MR);
+  // B's rows read in place unless their stride is a multiple of 2 KiB: the
+  // panel's rows then fall on at most 8 of L1's 64 sets and evict each other
+  // between row tiles (64 x 1024 x 27: 0.82x the packed panel's speed).
+  const bool direct_b = P.b.cs == 1 && (P.b.rs * int64_t(sizeof(T))) % 2048 != 0;
+  for (int64_t pc = 0; pc < P.k; pc += KC) {
+    const int64_t kc_cur = min64(KC, P.k - pc);
+    const T beta_cur = pc == 0 ? P.beta : T(1);
+    const T* bias_cur = pc == 0 ? P.row_bias : nullptr;
+    for (int64_t col = 0; col < P.n; col += NR) {
+      const int64_t n_cur = min64(NR, P.n - col);
+      const T* pb = P.b.data + pc * P.b.rs + col * P.b.cs;
+      int64_t ldb = P.b.rs;
+      if (!direct_b || n_cur % VL != 0) {
+        pack_b_panel<C>(kc_cur, n_cur, pb, P.b.rs, P.b.cs, work);
+        pb = work;
+        ldb = panel_width<C>(n_cur);
+      }
+      for (int64_t t = 0; t < row_tiles; ++t) {
+        const int64_t ir = P.m * t / row_tiles, m_cur = P.m * (t + 1) / row_tiles - ir;
+        micro_kernel_unpacked_fit<C, kRowsA>(
+            kc_cur, P.a.data + ir * P.a.rs + pc * P.a.cs, lda, pb, ldb, P.c + ir * P.ldc + col,
+            P.ldc, P.alpha, beta_cur, bias_cur != nullptr ? bias_cur + ir : nullptr, m_cur,
+            n_cur);
+      }
+    }
+  }
+}
+
+// gemm_small instead of the packed path: a plain product (A and B strided
+// matrices, A row-major or transposed) run on one thread, of at most
+// kSmallFlops (the packed path's fixed work pays above: at 1.4e7 flops the two
+// are level), at most 8 panels wide (A is re-read once per panel, and from 12
+// panels on, 60 x 768 x 64, the packed path was 9% faster in float32).
+// Measured on the Xeon, interleaved, small / packed speed: 100 x 10 x 100
+// 1.42, 6 x 64 x 128 1.52, 64^3 1.14, 25 x 576 x 30 (A^T) 1.09, 1000 x 30 x 25
+// 1.38, 30 x 64 x 2000 1.32; 64 x 1024 x 27, 128^3 0.98-1.02 (float64 1.0-1.5).
+template <typename T>
+constexpr double kSmallFlops = sizeof(T) == 4 ? 2.5e7 : 1.5e7;
+
+template <class C, typename T = typename C::T>
+bool use_small(const Problem<T>& P, int nthreads) {
+  const bool plain = P.packer == nullptr && P.a_packer == nullptr && P.packed_a == nullptr &&
+                     (P.a.cs == 1 || P.a.rs == 1);
+  return plain && nthreads <= 1 && ceil_div(P.n, C::NR) <= 8 &&
+         2.0 * static_cast<double>(P.m) * static_cast<double>(P.n) *
+                 static_cast<double>(P.k) <=
+             kSmallFlops<T>;
+}
+
 #if defined(PYCONV_ISA_AVX512)
 // ---- Small products with B transposed, without packing -----------------------
 // C = alpha * A * B^T + beta * C where A (m x k) and B^T (n x k) are both
@@ -1349,7 +1484,15 @@ void run(int64_t m, int64_t n, int64_t k, T alpha, MatRef<T> a, MatRef<T> b, T b
     return;
   }
 #endif
-  with_config<T>(n, [&](auto cfg) { run_cfg<decltype(cfg)>(P, work, nthreads); });
+  with_config<T>(n, [&](auto cfg) {
+    using C = decltype(cfg);
+    if (!use_small<C>(P, nthreads))
+      run_cfg<C>(P, work, nthreads);
+    else if (P.a.cs == 1)
+      gemm_small<C, true>(P, work);
+    else
+      gemm_small<C, false>(P, work);
+  });
 }
 
 // pack_a_whole for the configuration run() picks for this n.

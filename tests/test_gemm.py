@@ -104,6 +104,25 @@ def test_block_edges(isa, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_both_sides_of_the_unpacked_width(isa, dtype):
+    # Small products at most 8 NR-wide panels wide run with A read in place
+    # (and B where its rows are contiguous and do not alias in L1); one column
+    # more and they take the packed path. Both sides, at row counts that
+    # split into unequal tiles, k around KC, every transpose, and B row
+    # strides that are a multiple of 2 KiB (8 float32 panels of 64) or not.
+    bs = _core.config().get(f"gemm_blocking_{np.dtype(dtype).name}", {})
+    mr, nr, kc = int(bs.get("mr", 4)), int(bs.get("nr", 8)), int(bs.get("kc", 256))
+    rng = np.random.default_rng(28)
+    cycle = itertools.cycle(ALPHA_BETA)
+    trans = itertools.cycle(TRANS)
+    for n in (8 * nr - 1, 8 * nr, 8 * nr + 1):
+        for m, k in ((1, 1), (mr - 1, kc + 1), (mr + 1, kc - 1), (4 * mr + 1, 3), (29, 2 * kc)):
+            alpha, beta = next(cycle)
+            ta, tb = next(trans)
+            _check_gemm(rng, m, n, k, dtype, ta, tb, alpha, beta)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_small_products_with_b_transposed(isa, dtype):
     # A (m x k) times B^T with both row-major along k, m and n <= 64 and k from
     # a few vectors up: the AVX-512 path computes these without packing, in
