@@ -124,10 +124,11 @@ def test_both_sides_of_the_unpacked_width(isa, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_small_products_with_b_transposed(isa, dtype):
-    # A (m x k) times B^T with both row-major along k, m and n <= 64 and k from
-    # a few vectors up: the AVX-512 path computes these without packing, in
-    # 4 x 4 blocks of C with a k % 16 (% 8) tail. Every m, n edge of a block,
-    # k with and without a tail, both inputs and the conv weight-gradient shapes.
+    # A (m x k) times B^T with both row-major along k, m <= 64, n below one
+    # vector and k from a few vectors up: the AVX-512 path computes these
+    # without packing, in 4 x 4 blocks of C with a k % 16 (% 8) tail. Every
+    # m, n edge of a block, k with and without a tail; then wider ones (the
+    # conv weight-gradient shapes), which pack B^T for the unpacked-A path.
     rng = np.random.default_rng(27)
     cycle = itertools.cycle(ALPHA_BETA)
     cases = [(m, n, k) for m in (1, 3, 4, 5, 8) for n in (1, 2, 4, 7) for k in (64, 79)]
