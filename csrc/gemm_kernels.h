@@ -173,6 +173,38 @@ inline void store_tile(const V (&acc)[MU][NU], T* __restrict c, int64_t ldc, T a
   }
 }
 
+// acc = the kc-step sum of one tile, the loop every GEMM micro-kernel runs:
+// step p broadcasts MU elements of A (row i at a[i * lda + p] when kRowsA,
+// else together at a[p * lda + i], as in a packed panel) against NU vectors
+// of B at b + p * ldb (aligned loads when kAligned: a packed panel). Always
+// inlined, so a packed kernel's strides (MR, NU * VL) stay constants.
+template <int NU, int MU, int VL, bool kRowsA, bool kAligned, typename T, typename V>
+__attribute__((always_inline)) inline void tile_sum(V (&acc)[MU][NU], int64_t kc,
+                                                    const T* __restrict a, int64_t lda,
+                                                    const T* __restrict b, int64_t ldb) {
+  using VU = typename VecOf<T>::VU;
+#pragma GCC unroll 32
+  for (int i = 0; i < MU; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NU; ++j) acc[i][j] = V{};
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kc; ++p) {
+    V bv[NU];
+#pragma GCC unroll 8
+    for (int j = 0; j < NU; ++j)
+      bv[j] = kAligned ? *reinterpret_cast<const V*>(b + j * VL)
+                       : V(*reinterpret_cast<const VU*>(b + j * VL));
+#pragma GCC unroll 32
+    for (int i = 0; i < MU; ++i) {
+      const V av = splat<V>(kRowsA ? a[i * lda + p] : a[i]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NU; ++j) acc[i][j] += av * bv[j];
+    }
+    if (!kRowsA) a += lda;
+    b += ldb;
+  }
+}
+
 // C[0:m_cur, 0:n_cur] = alpha * (A_panel * B_panel) + beta * C, over kc, with
 // NU of the configuration's NV vector columns (n_cur <= NU*VL): the B panel is
 // NU*VL wide (panel_width). The last panel of a product whose n is not a
@@ -190,27 +222,8 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
   static_assert(NU >= 1 && NU <= C::NV, "NU vectors of an NV-vector panel");
   static_assert(MU >= 1 && MU <= MR, "MU rows of an MR-row panel");
   prefetch_tile<NU, VL>(c, ldc, m_cur);
-
   V acc[MU][NU];
-#pragma GCC unroll 32
-  for (int i = 0; i < MU; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < NU; ++j) acc[i][j] = V{};
-
-#pragma GCC unroll 4
-  for (int64_t p = 0; p < kc; ++p) {
-    V bv[NU];
-#pragma GCC unroll 8
-    for (int j = 0; j < NU; ++j) bv[j] = *reinterpret_cast<const V*>(b + j * VL);
-#pragma GCC unroll 32
-    for (int i = 0; i < MU; ++i) {
-      const V av = splat<V>(a[i]);
-#pragma GCC unroll 8
-      for (int j = 0; j < NU; ++j) acc[i][j] += av * bv[j];
-    }
-    a += MR;
-    b += NU * VL;
-  }
+  tile_sum<NU, MU, VL, false, true>(acc, kc, a, MR, b, NU * VL);
   store_tile<NU, MU, VL>(acc, c, ldc, alpha, beta, bias, m_cur, n_cur);
 }
 
@@ -225,28 +238,10 @@ inline void micro_kernel_unpacked(int64_t kc, const T* __restrict a, int64_t lda
                                   const T* __restrict b, int64_t ldb, T* __restrict c,
                                   int64_t ldc, T alpha, T beta, const T* bias, int64_t n_cur) {
   using V = typename VecOf<T>::V;
-  using VU = typename VecOf<T>::VU;
   constexpr int VL = C::VL;
   prefetch_tile<NU, VL>(c, ldc, MU);
   V acc[MU][NU];
-#pragma GCC unroll 32
-  for (int i = 0; i < MU; ++i)
-#pragma GCC unroll 8
-    for (int j = 0; j < NU; ++j) acc[i][j] = V{};
-#pragma GCC unroll 4
-  for (int64_t p = 0; p < kc; ++p) {
-    V bv[NU];
-#pragma GCC unroll 8
-    for (int j = 0; j < NU; ++j) bv[j] = *reinterpret_cast<const VU*>(b + j * VL);
-#pragma GCC unroll 32
-    for (int i = 0; i < MU; ++i) {
-      const V av = splat<V>(kRowsA ? a[i * lda + p] : a[i]);
-#pragma GCC unroll 8
-      for (int j = 0; j < NU; ++j) acc[i][j] += av * bv[j];
-    }
-    if (!kRowsA) a += lda;
-    b += ldb;
-  }
+  tile_sum<NU, MU, VL, kRowsA, false>(acc, kc, a, lda, b, ldb);
   store_tile<NU, MU, VL>(acc, c, ldc, alpha, beta, bias, MU, n_cur);
 }
 
