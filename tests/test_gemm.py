@@ -215,6 +215,33 @@ def test_empty_dimensions(dtype):
                       False, False, 1.0, 0.0, None).shape == (2, 0)
 
 
+def test_core_gemm_dispatches_on_dtype():
+    # _core.gemm is one entry for both dtypes: the arrays pick the kernel, and
+    # a mix, or a layout the core does not take as it is, is a TypeError that
+    # names the dtypes (F.gemm converts those instead, through its checks).
+    rng = np.random.default_rng(27)
+    a64, b64 = rng.standard_normal((3, 4)), rng.standard_normal((4, 5))
+    for dtype in DTYPES:
+        a, b = a64.astype(dtype), b64.astype(dtype)
+        out = np.full((3, 5), np.nan, dtype=dtype)
+        c = _core.gemm(a, b, False, False, 1.0, 0.0, out)
+        assert c.dtype == dtype and np.shares_memory(c, out)
+        assert_close(c, a64 @ b64, dtype=dtype, name=f"core gemm {dtype}")
+    f32, f64 = a64.astype(np.float32), b64
+    for args, pattern in [
+        ((f32, f64, None), r"float32 and float64"),
+        ((f64, f64, np.zeros((3, 5), np.float32)), r"float64 and float64 and float32"),
+        ((f64, np.asfortranarray(f64), None), r"C-contiguous"),
+        ((f64.astype(np.float16), f64, None), r"float16"),
+    ]:
+        a, b, out = args
+        with pytest.raises(TypeError, match=pattern):
+            _core.gemm(a, b, False, False, 1.0, 0.0, out)
+    # the public entry converts what the core refuses
+    assert_close(F.gemm(f32, f64), a64.astype(np.float32).astype(np.float64) @ b64,
+                 dtype=np.float64, name="F.gemm mixed")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_large_by_projection(isa, dtype):
     # C = alpha A B + beta C0 is checked as C t == alpha A (B t) + beta C0 t
