@@ -23,7 +23,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(PYCONV_ISA_AVX512)
+#if defined(PYCONV_ISA_AVX512) || defined(PYCONV_ISA_AVX2)
 #include <immintrin.h>
 #endif
 
@@ -83,10 +83,17 @@ template <> struct Blocking<double> {
 template <> struct Blocking<float> {  // 6x16: 12 accumulators + 2 B vectors
   using Wide = Cfg<float, 6, 2, 256, 144, 4096>;
   using Narrow = Wide;
+  // Direct convolution: 6 pixels x 16 filters (12 of the 16 ymm registers
+  // accumulate); KC x 16 filters = 64 KiB of packed weights per sum block.
+  using Direct = Cfg<float, 6, 2, 1024, 0, 0>;
 };
 template <> struct Blocking<double> {  // 6x8
   using Wide = Cfg<double, 6, 2, 256, 96, 2048>;
   using Narrow = Wide;
+  // No direct convolution in float64: its tile's pixels must fit one
+  // vector's 4 lanes (the forward's transposed store), and the 4 x 8 tile
+  // (8 accumulators) measured slower than the GEMM path on c, d, e's forward
+  // (4-7%) and d, e's backward (3-9%), faster only on a and b's backward.
 };
 #else
 template <> struct Blocking<float> {  // 4x8: 8 accumulators + 2 B vectors
@@ -370,6 +377,45 @@ struct Zmm<double> {
     return _mm512_permutexvar_pd(_mm512_setr_epi64(4, 4, 5, 5, 6, 6, 7, 7), c);
   }
 };
+template <typename T>
+using MaskedVec = Zmm<T>;
+constexpr bool kMaskedStoresCheap = true;  // a k-register mask costs nothing
+#elif defined(PYCONV_ISA_AVX2)
+// The masked loads and stores the direct convolution needs, on AVX2's
+// vmaskmov (a lane mask in a vector register instead of a k register).
+template <typename T>
+struct Ymm;
+template <>
+struct Ymm<float> {
+  static constexpr int L = 8;
+  using V = __m256;
+  using K = __m256i;
+  static K mask(int64_t n) {  // the low min(max(n, 0), L) lanes
+    const int c = n >= L ? L : n <= 0 ? 0 : static_cast<int>(n);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(c), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static V load(K k, const float* p) { return _mm256_maskload_ps(p, k); }
+  static void store(float* p, K k, V v) { _mm256_maskstore_ps(p, k, v); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+};
+template <>
+struct Ymm<double> {
+  static constexpr int L = 4;
+  using V = __m256d;
+  using K = __m256i;
+  static K mask(int64_t n) {
+    const long long c = n >= L ? L : n <= 0 ? 0 : n;
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(c), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+  static V load(K k, const double* p) { return _mm256_maskload_pd(p, k); }
+  static void store(double* p, K k, V v) { _mm256_maskstore_pd(p, k, v); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+};
+template <typename T>
+using MaskedVec = Ymm<T>;
+// vmaskmov stores are several micro-ops (microcoded on some AMD cores): whole
+// vectors go by plain stores.
+constexpr bool kMaskedStoresCheap = false;
 #endif
 
 // ---- Packing -----------------------------------------------------------------
@@ -402,17 +448,21 @@ inline void interleave6x16(const float* a, int64_t rs, float* dst) {
   }
 }
 
-// Square block transpose with two-source shuffles (vpermt2ps/pd): dst[p*ldd
-// + j] = src[j*lds + p] for j, p < 16 (float) or < 8 (double), rows j >=
-// `rows` read as zeros (so a last partial block pads itself). Stage b swaps
-// bit b of the row index with bit b of the column index in every pair of rows
-// (r, r | b): 4 (3) stages of 16 (8) shuffles instead of 256 (64) scalar moves.
+#endif
+
+#if defined(PYCONV_ISA_AVX512) || defined(PYCONV_ISA_AVX2)
+// Square block transpose with two-source shuffles (vpermt2ps/pd on AVX-512):
+// dst[p*ldd + j] = src[j*lds + p] for j, p < L (one vector's lanes: 16 / 8
+// on AVX-512, 8 / 4 on AVX2), rows j >= `rows` read as zeros (so a last
+// partial block pads itself). Stage b swaps bit b of the row index with bit b
+// of the column index in every pair of rows (r, r | b): log2(L) stages of L
+// shuffles instead of L * L scalar moves.
 template <typename T>
-struct TransposeVec {  // one 64-byte vector of T and its shuffle-index type
-  static constexpr int L = 64 / static_cast<int>(sizeof(T));
-  typedef T V __attribute__((vector_size(64), aligned(sizeof(T))));
+struct TransposeVec {  // one vector of T and its shuffle-index type
+  static constexpr int L = kVecBytes / static_cast<int>(sizeof(T));
+  typedef T V __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));
   typedef std::conditional_t<sizeof(T) == 4, int, long long> I;
-  typedef I M __attribute__((vector_size(64)));
+  typedef I M __attribute__((vector_size(kVecBytes)));
 };
 
 // Stage `bit` masks over concat(x, y): lanes with that bit clear keep x[C] in
@@ -451,8 +501,8 @@ template <typename T>
 inline void transpose_vectors(typename TransposeVec<T>::V* r) {
   transpose_stage<T, 1>(r);
   transpose_stage<T, 2>(r);
-  transpose_stage<T, 4>(r);
-  if constexpr (TransposeVec<T>::L == 16) transpose_stage<T, 8>(r);
+  if constexpr (TransposeVec<T>::L >= 8) transpose_stage<T, 4>(r);
+  if constexpr (TransposeVec<T>::L >= 16) transpose_stage<T, 8>(r);
 }
 
 template <typename T>
@@ -564,9 +614,9 @@ void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs,
     }
   } else {
     int64_t j0 = 0;
-#if defined(PYCONV_ISA_AVX512)
+#if defined(PYCONV_ISA_AVX512) || defined(PYCONV_ISA_AVX2)
     // B is a transposed row-major matrix (rs == 1): transpose whole blocks.
-    constexpr int64_t TB = 64 / static_cast<int64_t>(sizeof(T));
+    constexpr int64_t TB = TransposeVec<T>::L;
     if (rs == 1) {
       for (; j0 < n_cur; j0 += TB) {  // the last block zero-fills its missing rows
         const int64_t rows = min64(TB, n_cur - j0);
@@ -1229,7 +1279,7 @@ void gemm_nt_small(const Problem<T>& P) {
 }
 #endif
 
-#if defined(PYCONV_ISA_AVX512)
+#if defined(PYCONV_ISA_AVX512) || defined(PYCONV_ISA_AVX2)
 // ---- Direct convolution: vectors along the output channels ------------------
 // A convolution's products read straight from the image's zero-padded copy xp
 // (pad_image), with no column matrix and no packed image panels. Entry (k, q)
@@ -1271,7 +1321,7 @@ inline void direct_tile(int64_t kc, const std::int32_t* __restrict idx, const T*
                         const T* const* px, const T* bias, bool accumulate, bool transposed,
                         T* out, int64_t ldo, int64_t m_cur, int64_t f_cur) {
   using V = typename TransposeVec<T>::V;
-  using Z = Zmm<T>;
+  using Z = MaskedVec<T>;
   constexpr int MR = C::MR, L = Z::L;
   static_assert(C::VL == L && MR <= L, "a tile's rows fit one vector's lanes");
   // The k loop of micro_kernel with the broadcasts read through px. Not a
@@ -1303,8 +1353,14 @@ inline void direct_tile(int64_t kc, const std::int32_t* __restrict idx, const T*
       if (i >= m_cur) break;
 #pragma GCC unroll 8
       for (int j = 0; j < NU; ++j) {
-        const typename Z::K lanes = Z::mask(f_cur - j * L);
         T* o = out + i * ldo + j * L;
+        if (!kMaskedStoresCheap && f_cur - j * L >= L) {  // AVX2: whole vectors unmasked
+          V v = acc[i][j];
+          if (accumulate) v += *reinterpret_cast<const V*>(o);
+          *reinterpret_cast<V*>(o) = v;
+          continue;
+        }
+        const typename Z::K lanes = Z::mask(f_cur - j * L);
         typename Z::V v = reinterpret_cast<typename Z::V>(acc[i][j]);
         if (accumulate) v = Z::add(v, Z::load(lanes, o));
         Z::store(o, lanes, v);
@@ -1378,24 +1434,28 @@ void direct_tiles(const DirectJob<T>& J, const T* panel, int64_t f0, int64_t f_c
 
 // The whole job with `nthreads` threads, which take disjoint ranges of tiles
 // (rows of out): no barrier, no shared writes (see run_cfg).
+// Tiles of a panel of f_cur filters, NU = ceil(f_cur / VL) vectors wide.
+template <class C, int NU, typename T = typename C::T>
+void direct_tiles_fit(const DirectJob<T>& J, const T* panel, int64_t f0, int64_t f_cur,
+                      int64_t t0, int64_t t1) {
+  if constexpr (NU > 1) {
+    if (f_cur <= (NU - 1) * C::VL) {
+      direct_tiles_fit<C, NU - 1>(J, panel, f0, f_cur, t0, t1);
+      return;
+    }
+  }
+  direct_tiles<C, NU>(J, panel, f0, f_cur, t0, t1);
+}
+
 template <typename T>
 void direct_run(const DirectJob<T>& J, int nthreads) {
   using C = typename Blocking<T>::Direct;
-  static_assert(C::NV == 4, "direct_run dispatches 1..4 vectors");
   const int64_t tiles = ceil_div(J.n_rows, C::MR);
   auto slice = [&](int64_t t0, int64_t t1) {
     const T* panel = J.panels;
     for (int64_t f0 = 0; f0 < J.filters; f0 += C::NR) {
       const int64_t f_cur = min64(C::NR, J.filters - f0);
-      const int64_t nu = ceil_div(f_cur, C::VL);
-      if (nu == 4)
-        direct_tiles<C, 4>(J, panel, f0, f_cur, t0, t1);
-      else if (nu == 3)
-        direct_tiles<C, 3>(J, panel, f0, f_cur, t0, t1);
-      else if (nu == 2)
-        direct_tiles<C, 2>(J, panel, f0, f_cur, t0, t1);
-      else
-        direct_tiles<C, 1>(J, panel, f0, f_cur, t0, t1);
+      direct_tiles_fit<C, C::NV>(J, panel, f0, f_cur, t0, t1);
       panel += J.n_idx * panel_width<C>(f_cur);
     }
   };
@@ -1548,7 +1608,7 @@ GemmImpl<float> make_gemm_float() {
   return {PYCONV_ISA_NAME, block_sizes<float>(), &workspace_elems<float>, &run<float>,
           &packed_a_elems<float>, &pack_a_whole<float>,
           &pack_im2col<float>, &pack_im2col_a<float>, &col2im<float>,
-#if defined(PYCONV_ISA_AVX512)
+#if defined(PYCONV_ISA_AVX512) || defined(PYCONV_ISA_AVX2)
           &direct_panels_elems<float>, &pack_direct<float>, &conv_direct<float>, &wgrad_direct<float>,
 #else
           nullptr, nullptr, nullptr, nullptr,
@@ -1561,7 +1621,7 @@ GemmImpl<double> make_gemm_double() {
           &pack_im2col<double>, &pack_im2col_a<double>, &col2im<double>,
 #if defined(PYCONV_ISA_AVX512)
           &direct_panels_elems<double>, &pack_direct<double>, &conv_direct<double>, &wgrad_direct<double>,
-#else
+#else  // on AVX2 a 4 x 8 float64 tile (8 accumulators) lost to the GEMM: see Blocking
           nullptr, nullptr, nullptr, nullptr,
 #endif
           &fma_probe<double>};

@@ -181,15 +181,16 @@ def test_dx_as_convolution(isa, case, dtype, nthreads, restore_threads):
     _check_conv(case, dtype, seed=11, layer=True)
 
 
-# The direct kernels on AVX-512 (vectors along filters, inputs broadcast from
-# the padded image): the forward of layers with >= 256 taps (C*KH*KW), dx_conv's
-# convolution of dout when F*KH*KW >= 256 too (the second field), and every
-# padded layer's weight gradient (tiles of 6 taps). The cases reach their
-# edges: filters past the last whole panel of 64 (1-3 vectors, partial last
-# vector), tiles of 6 pixels spanning output rows, partial last tiles of pixels
-# and of taps, a single output pixel, stride 2, an even and a non-square
-# kernel, over 1024 taps or pixels (the sum in blocks, added into y or dW), and
-# N = 1, where 2 threads split one image's tiles.
+# The direct kernels on AVX-512 and AVX2 (vectors along filters, inputs
+# broadcast from the padded image): the forward of layers with >= 256 taps
+# (C*KH*KW), dx_conv's convolution of dout when F*KH*KW >= 256 too (the second
+# field), and every padded layer's weight gradient (tiles of 6 taps); on AVX2
+# in float32 only. The cases reach their edges on both ISAs: filters past the
+# last whole panel (64 or 16 float32 filters a panel; 1-3 vectors, partial
+# last vector), tiles of pixels spanning output rows, partial last tiles of
+# pixels and of taps, a single output pixel, stride 2, an even and a
+# non-square kernel, over 1024 taps or pixels (the sum in blocks, added into y
+# or dW), and N = 1, where 2 threads split one image's tiles.
 DIRECT_CASES = [
     (ConvCase(2, 2, 40, 30, 5, 3, 3, 1, 1), False),  # 1200 pixels: dW's sum in 2 blocks
     (ConvCase(2, 32, 7, 9, 70, 3, 3, 1, 1), True),  # F = 64 + 6; 63 pixels, 7 a row
@@ -209,10 +210,10 @@ DIRECT_CASES = [
 def test_direct_convolution(isa, case, dx_direct, dtype, nthreads, restore_threads):
     forward = _plan(case, dtype, nthreads, backward=False)
     backward = _plan(case, dtype, nthreads)
-    avx512 = isa == "avx512"
-    assert forward["fwd_direct"] == (avx512 and case.c * case.fh * case.fw >= 256), forward
-    assert backward["dx_direct"] == (avx512 and dx_direct), backward
-    assert backward["dw_direct"] == avx512, backward
+    direct = isa == "avx512" or (isa == "avx2" and np.dtype(dtype) == np.float32)
+    assert forward["fwd_direct"] == (direct and case.c * case.fh * case.fw >= 256), forward
+    assert backward["dx_direct"] == (direct and dx_direct), backward
+    assert backward["dw_direct"] == direct, backward
     pyconv.set_num_threads(nthreads)
     _check_conv(case, dtype, seed=17, layer=True)
 
