@@ -383,6 +383,7 @@ constexpr bool kMaskedStoresCheap = true;  // a k-register mask costs nothing
 #elif defined(PYCONV_ISA_AVX2)
 // The masked loads and stores the direct convolution needs, on AVX2's
 // vmaskmov (a lane mask in a vector register instead of a k register).
+// float only: float64 keeps the GEMM on AVX2 (Blocking<double>).
 template <typename T>
 struct Ymm;
 template <>
@@ -397,19 +398,6 @@ struct Ymm<float> {
   static V load(K k, const float* p) { return _mm256_maskload_ps(p, k); }
   static void store(float* p, K k, V v) { _mm256_maskstore_ps(p, k, v); }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
-};
-template <>
-struct Ymm<double> {
-  static constexpr int L = 4;
-  using V = __m256d;
-  using K = __m256i;
-  static K mask(int64_t n) {
-    const long long c = n >= L ? L : n <= 0 ? 0 : n;
-    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(c), _mm256_setr_epi64x(0, 1, 2, 3));
-  }
-  static V load(K k, const double* p) { return _mm256_maskload_pd(p, k); }
-  static void store(double* p, K k, V v) { _mm256_maskstore_pd(p, k, v); }
-  static V add(V a, V b) { return _mm256_add_pd(a, b); }
 };
 template <typename T>
 using MaskedVec = Ymm<T>;
