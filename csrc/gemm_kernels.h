@@ -1420,8 +1420,6 @@ void direct_tiles(const DirectJob<T>& J, const T* panel, int64_t f0, int64_t f_c
   }
 }
 
-// The whole job with `nthreads` threads, which take disjoint ranges of tiles
-// (rows of out): no barrier, no shared writes (see run_cfg).
 // Tiles of a panel of f_cur filters, NU = ceil(f_cur / VL) vectors wide.
 template <class C, int NU, typename T = typename C::T>
 void direct_tiles_fit(const DirectJob<T>& J, const T* panel, int64_t f0, int64_t f_cur,
@@ -1435,6 +1433,8 @@ void direct_tiles_fit(const DirectJob<T>& J, const T* panel, int64_t f0, int64_t
   direct_tiles<C, NU>(J, panel, f0, f_cur, t0, t1);
 }
 
+// The whole job with `nthreads` threads, which take disjoint ranges of tiles
+// (rows of out): no barrier, no shared writes (see run_cfg).
 template <typename T>
 void direct_run(const DirectJob<T>& J, int nthreads) {
   using C = typename Blocking<T>::Direct;
