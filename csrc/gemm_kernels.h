@@ -335,6 +335,9 @@ struct Zmm<float> {
   static V expand(K k, const float* p) { return _mm512_maskz_expandloadu_ps(k, p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static void store(float* p, K k, V v) { _mm512_mask_storeu_ps(p, k, v); }
+  // The first n lanes (all for n >= L): one masked access, as cheap as a whole one.
+  static V load_n(const float* p, int64_t n) { return load(mask(n), p); }
+  static void store_n(float* p, V v, int64_t n) { store(p, mask(n), v); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V add(K k, V a, V b) { return _mm512_mask_add_ps(a, k, a, b); }  // a + b in lanes k
   static V evens(V a, V b) {  // lanes 0, 2, ... of concat(a, b)
@@ -365,6 +368,8 @@ struct Zmm<double> {
   static V expand(K k, const double* p) { return _mm512_maskz_expandloadu_pd(k, p); }
   static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
   static void store(double* p, K k, V v) { _mm512_mask_storeu_pd(p, k, v); }
+  static V load_n(const double* p, int64_t n) { return load(mask(n), p); }
+  static void store_n(double* p, V v, int64_t n) { store(p, mask(n), v); }
   static V add(V a, V b) { return _mm512_add_pd(a, b); }
   static V add(K k, V a, V b) { return _mm512_mask_add_pd(a, k, a, b); }
   static V evens(V a, V b) {
@@ -379,7 +384,6 @@ struct Zmm<double> {
 };
 template <typename T>
 using MaskedVec = Zmm<T>;
-constexpr bool kMaskedStoresCheap = true;  // a k-register mask costs nothing
 #elif defined(PYCONV_ISA_AVX2)
 // The masked loads and stores the direct convolution needs, on AVX2's
 // vmaskmov (a lane mask in a vector register instead of a k register).
@@ -397,13 +401,21 @@ struct Ymm<float> {
   }
   static V load(K k, const float* p) { return _mm256_maskload_ps(p, k); }
   static void store(float* p, K k, V v) { _mm256_maskstore_ps(p, k, v); }
+  // The first n lanes: whole vectors by plain accesses, since vmaskmov is
+  // several micro-ops (microcoded on some AMD cores); the rest masked.
+  static V load_n(const float* p, int64_t n) {
+    return n >= L ? _mm256_loadu_ps(p) : load(mask(n), p);
+  }
+  static void store_n(float* p, V v, int64_t n) {
+    if (n >= L)
+      _mm256_storeu_ps(p, v);
+    else
+      store(p, mask(n), v);
+  }
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
 };
 template <typename T>
 using MaskedVec = Ymm<T>;
-// vmaskmov stores are several micro-ops (microcoded on some AMD cores): whole
-// vectors go by plain stores.
-constexpr bool kMaskedStoresCheap = false;
 #endif
 
 // ---- Packing -----------------------------------------------------------------
@@ -1342,16 +1354,9 @@ inline void direct_tile(int64_t kc, const std::int32_t* __restrict idx, const T*
 #pragma GCC unroll 8
       for (int j = 0; j < NU; ++j) {
         T* o = out + i * ldo + j * L;
-        if (!kMaskedStoresCheap && f_cur - j * L >= L) {  // AVX2: whole vectors unmasked
-          V v = acc[i][j];
-          if (accumulate) v += *reinterpret_cast<const V*>(o);
-          *reinterpret_cast<V*>(o) = v;
-          continue;
-        }
-        const typename Z::K lanes = Z::mask(f_cur - j * L);
         typename Z::V v = reinterpret_cast<typename Z::V>(acc[i][j]);
-        if (accumulate) v = Z::add(v, Z::load(lanes, o));
-        Z::store(o, lanes, v);
+        if (accumulate) v = Z::add(v, Z::load_n(o, f_cur - j * L));
+        Z::store_n(o, v, f_cur - j * L);
       }
     }
     return;
