@@ -72,11 +72,15 @@ constexpr std::size_t kNumIsas = sizeof(kIsas) / sizeof(kIsas[0]);
 // to one of them. A caller takes gemm_impl<T>() once per operation and keeps
 // that reference, so a concurrent set_isa() can neither tear the table nor
 // change block sizes between sizing the scratch and running the kernels.
+// Only the CPU's supported ISAs are built: make_gemm_* is compiled with its
+// TU's flags, and GCC assembles the AVX-512 table in zmm registers (SIGILL on
+// an AVX2-only CPU). Unsupported entries stay empty and are never selected.
 const Selected* tables() {
   static const struct Tables {
-    Selected t[kNumIsas];
+    Selected t[kNumIsas] = {};
     Tables() {
-      for (std::size_t i = 0; i < kNumIsas; ++i) t[i] = {kIsas[i].f32(), kIsas[i].f64()};
+      for (std::size_t i = 0; i < kNumIsas; ++i)
+        if (kIsas[i].supported()) t[i] = {kIsas[i].f32(), kIsas[i].f64()};
     }
   } all;
   return all.t;
