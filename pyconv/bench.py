@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -214,10 +215,18 @@ class BusyLoop:
     """Context manager: a separate Python process spinning on one CPU.
 
     Pinned to the last CPU this process may use, so a 2-thread run has to
-    share that core. The process is killed (by its own handle) on exit.
+    share that core. ``pause()`` stops it (SIGSTOP) and ``resume()`` lets it
+    spin again (SIGCONT), so quiet and busy samples can alternate within
+    seconds: a whole quiet suite followed by a whole busy one put minutes
+    between the two, and on a host whose speed drifts (a 2-vCPU VM ran the
+    same single-threaded 11 us GEMM at 0.011 and 0.020 ms minutes apart)
+    their ratio measured the drift. The process is killed (by its own handle)
+    on exit. POSIX only.
     """
 
     def __init__(self, cpu: int | None = None):
+        if not hasattr(signal, "SIGSTOP"):
+            raise ValueError("--contend needs POSIX signals (SIGSTOP/SIGCONT)")
         self.cpu = cpu
         self.proc = None
 
@@ -233,7 +242,28 @@ class BusyLoop:
         time.sleep(0.3)  # let it start spinning
         return self
 
+    def state(self) -> str | None:
+        """The process's scheduler state letter from /proc (R running, T
+        stopped, ...), or None where /proc is absent."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
+                return f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return None
+
+    def pause(self) -> None:
+        """Stop the loop; returns once the kernel reports it stopped (<= 0.1 s)."""
+        self.proc.send_signal(signal.SIGSTOP)
+        deadline = time.perf_counter() + 0.1
+        while self.state() not in ("T", "t", None) and time.perf_counter() < deadline:
+            time.sleep(1e-4)
+
+    def resume(self) -> None:
+        """Let the loop spin again (it is runnable at once)."""
+        self.proc.send_signal(signal.SIGCONT)
+
     def __exit__(self, *exc):
+        self.proc.send_signal(signal.SIGCONT)  # a stopped process still dies of SIGKILL
         self.proc.kill()
         self.proc.wait()
         return False
@@ -244,13 +274,21 @@ class BusyLoop:
 
 
 def time_interleaved(
-    fns: dict[str, Callable[[], object]], reps: int = 5, min_time: float = 0.02
-) -> dict[str, list[float]]:
+    fns: dict[str, Callable[[], object]],
+    reps: int = 5,
+    min_time: float = 0.02,
+    load: BusyLoop | None = None,
+) -> dict:
     """Seconds per call of each function, ``reps`` samples each.
 
     Each function is warmed up, then calibrated to ``inner`` calls per sample
     so a sample lasts about ``min_time``; within every repetition each
     function takes one sample, starting from a rotating position.
+
+    With a ``load`` (a paused BusyLoop), each function takes two samples per
+    repetition, one with the loop stopped (key ``name``) and one with it
+    spinning (key ``(name, "busy")``), in alternating order; the loop is
+    left paused. Warm-up and calibration run quiet.
     """
     inner = {}
     for name, fn in fns.items():
@@ -260,15 +298,24 @@ def time_interleaved(
         dt = time.perf_counter() - t0
         inner[name] = max(1, min(10_000, int(min_time / max(dt, 1e-7))))
     names = list(fns)
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    samples: dict = {name: [] for name in names}
+    if load is not None:
+        samples.update({(name, "busy"): [] for name in names})
     for r in range(reps):
         k = r % len(names)
         for name in names[k:] + names[:k]:
             fn, n = fns[name], inner[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / n)
+            states = ("quiet",) if load is None else ("quiet", "busy")[:: 1 if r % 2 else -1]
+            for state in states:
+                if load is not None:
+                    load.pause() if state == "quiet" else load.resume()
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                dt = (time.perf_counter() - t0) / n
+                samples[name if state == "quiet" else (name, "busy")].append(dt)
+            if load is not None:
+                load.pause()
     return samples
 
 
@@ -297,7 +344,8 @@ def _records(
     **fields,
 ) -> list[dict]:
     out = []
-    for impl, ts in samples.items():
+    for key, ts in samples.items():
+        impl, load = key if isinstance(key, tuple) else (key, None)  # see time_interleaved
         med = statistics.median(ts)
         rec = {
             "bench": bench,
@@ -311,6 +359,8 @@ def _records(
             "reps": len(ts),
             **fields,
         }
+        if load is not None:
+            rec["load"] = load
         if work is not None:
             rec[unit] = work / med / (1e9 if unit == "gflops" else 1.0)
         if errors and impl in errors:
@@ -370,8 +420,12 @@ def bench_gemm(
     min_time: float,
     rng: np.random.Generator,
     torch=None,
+    load: BusyLoop | None = None,
 ) -> list[dict]:
-    """pyconv ``_core.gemm`` vs ``numpy.matmul`` (same transposes, same threads)."""
+    """pyconv ``_core.gemm`` vs ``numpy.matmul`` (same transposes, same threads).
+
+    ``load``: also time every case with that BusyLoop spinning (time_interleaved).
+    """
     results = []
     for dtype in dtypes:
         dt = np.dtype(dtype)
@@ -390,7 +444,7 @@ def bench_gemm(
             }
             for nt in threads:
                 with thread_limit(nt, torch):
-                    samples = time_interleaved(fns, reps, min_time)
+                    samples = time_interleaved(fns, reps, min_time, load)
                 err = rel_err(c_np, c_pc)
                 results += _records(
                     "gemm",
@@ -483,6 +537,7 @@ def bench_conv(
     rng: np.random.Generator,
     torch=None,
     with_numpy: bool = True,
+    load: BusyLoop | None = None,
 ) -> list[dict]:
     """Forward and forward+backward: pyconv layer vs book NumPy vs torch."""
     from .layers import Convolution
@@ -524,7 +579,7 @@ def bench_conv(
                 for nt in threads:
                     extra = {"pyconv": {"plan": _conv_plan(dtype, shape, mode != "fwd", nt)}}
                     with thread_limit(nt, torch):
-                        samples = time_interleaved(fns, reps, min_time)
+                        samples = time_interleaved(fns, reps, min_time, load)
                     results += _records(
                         "conv",
                         name,
@@ -580,6 +635,7 @@ def bench_pool(
     rng: np.random.Generator,
     torch=None,
     with_numpy: bool = True,
+    load: BusyLoop | None = None,
 ) -> list[dict]:
     """Max pooling forward and forward+backward (no padding)."""
     from .layers import Pooling
@@ -612,7 +668,7 @@ def bench_pool(
                 fns = {impl: fs[idx] for impl, fs in impls.items()}
                 for nt in threads:
                     with thread_limit(nt, torch):
-                        samples = time_interleaved(fns, reps, min_time)
+                        samples = time_interleaved(fns, reps, min_time, load)
                     results += _records(
                         "pool",
                         name,
@@ -736,6 +792,7 @@ def bench_train(
     torch=None,
     batch: int = 100,
     with_numpy: bool = True,
+    load: BusyLoop | None = None,
 ) -> list[dict]:
     """One SimpleConvNet step (gradient + Adam) on a synthetic MNIST-sized batch."""
     results = []
@@ -785,7 +842,7 @@ def bench_train(
         ok = all(e <= 10 * TOLERANCE[dtype] for e in errors.values())
         for nt in threads:
             with thread_limit(nt, torch):
-                samples = time_interleaved(impls, reps, min_time)
+                samples = time_interleaved(impls, reps, min_time, load)
             recs = _records(
                 "train",
                 "SimpleConvNet",
@@ -935,16 +992,20 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def contention_summary(quiet: list[dict], loaded: list[dict]) -> list[dict]:
-    """t(2 threads, one core busy) / t(1 thread, quiet) per case and impl."""
+def contention_summary(results: list[dict]) -> list[dict]:
+    """t(2 threads, one core busy) / t(1 thread, quiet) per case and impl.
+
+    From one run's records (``load`` "busy" or absent for quiet), whose quiet
+    and busy samples alternated (time_interleaved with a load).
+    """
     q1 = {
         (r["bench"], r["case"], r["pass"], r["dtype"], r["impl"]): r
-        for r in quiet
-        if r["threads"] == 1
+        for r in results
+        if r["threads"] == 1 and r.get("load", "quiet") == "quiet"
     }
     rows = []
-    for r in loaded:
-        if r["threads"] != 2:
+    for r in results:
+        if r["threads"] != 2 or r.get("load") != "busy":
             continue
         key = (r["bench"], r["case"], r["pass"], r["dtype"], r["impl"])
         if key in q1:
@@ -1117,7 +1178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--contend",
         action="store_true",
-        help="also run with a busy-loop process pinned to one core and report "
+        help="also time every case with a busy-loop process pinned to one core (stopped "
+        "and resumed so that quiet and busy samples alternate) and report "
         "t(2 threads, busy) / t(1 thread, quiet); target <= 1.3",
     )
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
@@ -1207,22 +1269,34 @@ def run(args: argparse.Namespace) -> dict:
             )
     with_numpy = not args.no_numpy
 
-    def suite(rng):
+    def suite(rng, load=None):
         res = []
         if "gemm" in only:
-            res += bench_gemm(dtypes, threads, args.full, reps, min_time, rng, torch)
+            res += bench_gemm(dtypes, threads, args.full, reps, min_time, rng, torch, load)
         if "conv" in only:
-            res += bench_conv(shapes, dtypes, threads, reps, min_time, rng, torch, with_numpy)
+            res += bench_conv(
+                shapes, dtypes, threads, reps, min_time, rng, torch, with_numpy, load
+            )
         if "pool" in only:
             res += bench_pool(
-                list(POOL_SHAPES), dtypes, threads, reps, min_time, rng, torch, with_numpy
+                list(POOL_SHAPES), dtypes, threads, reps, min_time, rng, torch, with_numpy, load
             )
         if "train" in only:
-            res += bench_train(dtypes, threads, reps, min_time, rng, torch, with_numpy=with_numpy)
+            res += bench_train(
+                dtypes, threads, reps, min_time, rng, torch, with_numpy=with_numpy, load=load
+            )
         return res
 
     measured_peak = measure_fma_peak(dtypes, threads) if "gemm" in only else {}
-    results = suite(np.random.default_rng(args.seed))
+    busy = None
+    if args.contend:
+        # Quiet and busy samples of each case alternate in every repetition
+        # (time_interleaved); the loop is stopped whenever it is not timed.
+        with BusyLoop() as busy:
+            busy.pause()
+            results = suite(np.random.default_rng(args.seed), busy)
+    else:
+        results = suite(np.random.default_rng(args.seed))
     report = {
         "system": info,
         "settings": {
@@ -1239,13 +1313,12 @@ def run(args: argparse.Namespace) -> dict:
     }
     if measured_peak:
         info["measured_peak_gflops"] = measured_peak
-    if args.contend:
-        with BusyLoop() as busy:
-            loaded = suite(np.random.default_rng(args.seed))
-        for r in loaded:
-            r["load"] = "busy"
-        report["contention"] = {"busy_cpu": busy.cpu, "rows": contention_summary(results, loaded)}
-        report["results"] = results + loaded
+    if busy is not None:
+        report["contention"] = {
+            "busy_cpu": busy.cpu,
+            "interleaved": True,
+            "rows": contention_summary(results),
+        }
     return report
 
 
@@ -1305,7 +1378,10 @@ def main(
             print("\npyconv conv plans (_core.conv2d_plan):")
             print(plans)
         if "contention" in report:
-            print(f"\nContention (busy loop pinned to CPU {report['contention']['busy_cpu']}):")
+            print(
+                f"\nContention (busy loop pinned to CPU {report['contention']['busy_cpu']}; "
+                "quiet and busy samples alternate in every repetition):"
+            )
             print(format_contention(report["contention"]["rows"]))
     for path in (args.json, args.out):
         if path:
