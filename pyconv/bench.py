@@ -211,6 +211,21 @@ def thread_limit(n: int, torch=None):
             torch.set_num_threads(old_torch)
 
 
+# The busy loop dies with the process that started it (Linux: prctl
+# PR_SET_PDEATHSIG = 1, SIGKILL), so that a benchmark killed outright does not
+# leave a core spinning for whatever runs next.
+_BUSY_CODE = """
+import sys
+if sys.platform.startswith("linux"):
+    import ctypes, os, signal
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    if os.getppid() == 1:
+        sys.exit()
+while True:
+    pass
+"""
+
+
 class BusyLoop:
     """Context manager: a separate Python process spinning on one CPU.
 
@@ -221,7 +236,7 @@ class BusyLoop:
     between the two, and on a host whose speed drifts (a 2-vCPU VM ran the
     same single-threaded 11 us GEMM at 0.011 and 0.020 ms minutes apart)
     their ratio measured the drift. The process is killed (by its own handle)
-    on exit. POSIX only.
+    on exit, and dies with this process if it is killed. POSIX only.
     """
 
     def __init__(self, cpu: int | None = None):
@@ -231,9 +246,7 @@ class BusyLoop:
         self.proc = None
 
     def __enter__(self):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL
-        )
+        self.proc = subprocess.Popen([sys.executable, "-c", _BUSY_CODE], stdin=subprocess.DEVNULL)
         if hasattr(os, "sched_setaffinity"):
             cpu = self.cpu if self.cpu is not None else max(os.sched_getaffinity(0))
             with contextlib.suppress(OSError):

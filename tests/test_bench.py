@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -122,3 +124,29 @@ def test_busy_loop_pauses_and_resumes():
         busy.pause()
         proc = busy.proc
     assert proc.poll() is not None  # killed on exit, even while stopped
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_busy_loop_dies_with_its_parent():
+    # A parent that starts a BusyLoop and is then killed outright (no __exit__).
+    code = ("import sys, time; from pyconv import bench; b = bench.BusyLoop().__enter__(); "
+            "print(b.proc.pid, flush=True); time.sleep(60)")
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                          text=True) as parent:
+        try:
+            pid = int(parent.stdout.readline())
+        finally:
+            parent.kill()
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break  # dead, waiting for a reaper
+        time.sleep(0.01)
+    alive = os.path.exists(f"/proc/{pid}")
+    if alive:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            alive = f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "the busy loop outlived the process that started it"
