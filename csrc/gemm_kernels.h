@@ -51,8 +51,10 @@ using std::int64_t;
 constexpr int kVecBytes = 64;  // 32 zmm registers
 #elif defined(PYCONV_ISA_AVX2)
 constexpr int kVecBytes = 32;  // 16 ymm registers
+#elif defined(__aarch64__)
+constexpr int kVecBytes = 16;  // NEON: 32 q registers
 #else
-constexpr int kVecBytes = 16;  // SSE2 / NEON: 16 registers assumed
+constexpr int kVecBytes = 16;  // SSE2: 16 xmm registers
 #endif
 
 template <typename T_, int MR_, int NV_, int64_t KC_, int64_t MC_, int64_t NC_>
@@ -94,6 +96,20 @@ template <> struct Blocking<double> {  // 6x8
   // vector's 4 lanes (the forward's transposed store), and the 4 x 8 tile
   // (8 accumulators) measured slower than the GEMM path on c, d, e's forward
   // (4-7%) and d, e's backward (3-9%), faster only on a and b's backward.
+};
+#elif defined(__aarch64__)
+// BLIS's armv8a configuration (Cortex-A57, ThunderX2; its Neoverse and Apple
+// configurations use the same register blocks): NEON has 32 registers, where
+// the SSE2 blocking below keeps only 8 accumulators. Not yet measured on
+// aarch64 hardware (tests/test_aarch64.py checks it under qemu-user): KC x NR
+// float32 = 30 KiB for L1, MC x KC = 300 KiB for L2.
+template <> struct Blocking<float> {  // 8x12: 24 accumulators + 3 B vectors
+  using Wide = Cfg<float, 8, 3, 640, 120, 3072>;
+  using Narrow = Wide;
+};
+template <> struct Blocking<double> {  // 6x8: 24 accumulators + 4 B vectors
+  using Wide = Cfg<double, 6, 4, 240, 120, 3072>;
+  using Narrow = Wide;
 };
 #else
 template <> struct Blocking<float> {  // 4x8: 8 accumulators + 2 B vectors
