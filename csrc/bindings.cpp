@@ -645,6 +645,8 @@ py::dict config() {
   d["available_simd"] = available_isas();
   d["gemm_blocking_float32"] = blocking_dict(gemm_impl<float>().bs);
   d["gemm_blocking_float64"] = blocking_dict(gemm_impl<double>().bs);
+  d["gemm_parallel_flops_float32"] = parallel_flops<float>();
+  d["gemm_parallel_flops_float64"] = parallel_flops<double>();
   d["output_cache_bytes"] = output_cache_bytes();
   d["output_cache_limit_bytes"] = kOutputCacheBytes;
   return d;

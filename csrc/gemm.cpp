@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -131,21 +132,44 @@ bool select_isa(const std::string& name) {
   return false;
 }
 
-// Below this many flops a second thread costs more than it saves: waking a
-// sleeping thread (OMP_WAIT_POLICY=passive, which pyconv sets) costs 9-38 us
-// on the KVM guest we measure on, and each thread packs its own panels.
-// Measured 1 vs 2 threads (benchmarks/bench_gemm.py): float32 crosses over at
-// about 2-3e7 flops, float64 (half the rate) at about 1.5e7.
+// Below parallel_flops<T>() flops a GEMM runs on one thread: a second thread
+// costs a parallel region (waking a sleeping thread, OMP_WAIT_POLICY=passive,
+// which pyconv sets, and joining it), and each thread packs its own panels.
+// Measured 1 vs 2 threads (benchmarks/bench_gemm.py) on the Xeon VM, where an
+// empty 2-thread region costs 40-55 us: float32 crosses over at about 2-3e7
+// flops, float64 (half the rate) at about 1.5e7. Not lowered where regions
+// are cheaper: on the Zen 1 VM (8-21 us) 2 threads already win from ~1.5e6
+// flops on a quiet machine (64 x 1024 x 27: 121 -> 78-99 us), but next to a
+// busy core those products took 1.2-2.1x their 1-thread time (the worker
+// waits for the busy core; the bound is 1.3x), and only products of
+// ~1e7 flops and up stayed within it (RESULTS.md). PYCONV_PARALLEL_FLOPS=<flops>
+// sets the threshold (0: any size may use threads), e.g. on a machine that
+// runs nothing else. Which path runs never changes the result: every element
+// of C is summed by one thread in the same order (gemm_kernels.h).
 template <typename T>
-constexpr double kParallelFlops = sizeof(T) == 4 ? 2.5e7 : 1.5e7;
+double parallel_flops() {
+  static const double flops = [] {  // once; thread-safe
+    if (const char* set = std::getenv("PYCONV_PARALLEL_FLOPS")) {
+      char* end = nullptr;
+      const double v = std::strtod(set, &end);
+      if (end != set && *end == '\0' && v >= 0 && std::isfinite(v)) return v;
+    }
+    return sizeof(T) == 4 ? 2.5e7 : 1.5e7;
+  }();
+  return flops;
+}
+
+template double parallel_flops<float>();
+template double parallel_flops<double>();
 
 template <typename T>
 void gemm(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a, MatRef<T> b,
           T beta, T* c, std::int64_t ldc, int nthreads) {
   const GemmImpl<T>& impl = gemm_impl<T>();  // once: see tables()
-  if (in_parallel() ||
-      2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) <
-          kParallelFlops<T>)
+  if (nthreads > 1 &&
+      (in_parallel() ||
+       2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) <
+           parallel_flops<T>()))
     nthreads = 1;  // one level of parallelism per call
   const std::int64_t per_thread = impl.workspace(m, n, k);
   Workspace slab(static_cast<std::size_t>(per_thread * nthreads) * sizeof(T));

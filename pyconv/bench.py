@@ -1090,7 +1090,9 @@ def format_system(info: dict) -> str:
         f"cpu       : {cpu.get('model')} x{info.get('usable_cpus', info['cpu_count'])}, "
         f"simd flags: {' '.join(cpu.get('simd_flags', []))}",
         f"pyconv    : {pcfg.get('version')} simd={pcfg.get('simd')} {pcfg.get('compiler')}, "
-        f"openmp {pcfg.get('openmp')}",
+        f"openmp {pcfg.get('openmp')}, GEMMs on threads from "
+        f"{pcfg.get('gemm_parallel_flops_float32', float('nan')):.2g} / "
+        f"{pcfg.get('gemm_parallel_flops_float64', float('nan')):.2g} flops (float32 / float64)",
         f"numpy     : {info['numpy']} BLAS {blas}",
         f"torch     : {info['torch'] or 'not installed'}",
         f"memory    : {info['page_fault_us']:.2f} us per fresh 4 KiB page "

@@ -147,3 +147,59 @@ def test_omp_num_threads_env(value):
                          timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [value, value]
+
+
+# Products below and above any threshold, plain and with A transposed: the
+# sizes where gemm_small (one thread) and the packed path (threads) take turns.
+_THRESHOLD_SCRIPT = r"""
+import sys
+import numpy as np
+import pyconv
+import pyconv.functional as F
+
+pyconv.set_num_threads(2)
+cfg = pyconv.config()
+print(cfg["gemm_parallel_flops_float32"], cfg["gemm_parallel_flops_float64"])
+rng = np.random.default_rng(5)
+out = {}
+for dt in (np.float32, np.float64):
+    for m, n, k in [(64, 1024, 27), (100, 10, 100), (6, 64, 128), (64, 64, 64), (25, 576, 30),
+                    (1000, 30, 25), (30, 64, 2000), (128, 128, 128), (60, 768, 64),
+                    (7, 300, 900), (257, 255, 260)]:
+        a = rng.standard_normal((m, k)).astype(dt)
+        b = rng.standard_normal((k, n)).astype(dt)
+        out[f"{dt.__name__}-{m}-{n}-{k}"] = F.gemm(a, b)
+        out[f"{dt.__name__}-{m}-{n}-{k}-t"] = F.gemm(np.ascontiguousarray(a.T), b, trans_a=True)
+np.savez(sys.argv[1], **out)
+"""
+
+
+def _run_threshold_script(tmp_path, name, value):
+    env = {k: v for k, v in os.environ.items() if k != "PYCONV_PARALLEL_FLOPS"}
+    if value is not None:
+        env["PYCONV_PARALLEL_FLOPS"] = value
+    path = tmp_path / f"{name}.npz"
+    res = subprocess.run([sys.executable, "-c", _THRESHOLD_SCRIPT, str(path)], env=env,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return [float(v) for v in res.stdout.split()], arrays
+
+
+def test_parallel_threshold_never_changes_results(tmp_path):
+    # PYCONV_PARALLEL_FLOPS=0 lets every product use both threads, 1e30 none:
+    # each element of C is summed by one thread in one order either way, so
+    # the bits agree; the default lies in between, and junk is ignored.
+    if not pyconv.config()["openmp"].startswith("yes"):
+        pytest.skip("serial build (no OpenMP): every product runs on one thread")
+    zero, threads = _run_threshold_script(tmp_path, "zero", "0")
+    never, serial = _run_threshold_script(tmp_path, "never", "1e30")
+    unset, default = _run_threshold_script(tmp_path, "default", None)
+    ignored, junk = _run_threshold_script(tmp_path, "junk", "lots")
+    assert zero == [0.0, 0.0] and never == [1e30, 1e30]
+    assert unset == ignored == [2.5e7, 1.5e7]
+    assert threads.keys() == serial.keys() == default.keys() == junk.keys()
+    for key in threads:
+        for other in (serial, default, junk):
+            np.testing.assert_array_equal(threads[key], other[key], err_msg=key)
