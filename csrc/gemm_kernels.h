@@ -51,10 +51,8 @@ using std::int64_t;
 constexpr int kVecBytes = 64;  // 32 zmm registers
 #elif defined(PYCONV_ISA_AVX2)
 constexpr int kVecBytes = 32;  // 16 ymm registers
-#elif defined(__aarch64__)
-constexpr int kVecBytes = 16;  // NEON: 32 q registers
 #else
-constexpr int kVecBytes = 16;  // SSE2: 16 xmm registers
+constexpr int kVecBytes = 16;  // SSE2: 16 xmm registers; NEON (aarch64): 32 q
 #endif
 
 template <typename T_, int MR_, int NV_, int64_t KC_, int64_t MC_, int64_t NC_>
@@ -129,10 +127,12 @@ template <typename T> struct VecOf;
 template <> struct VecOf<float> {
   typedef float V __attribute__((vector_size(kVecBytes)));
   typedef float VU __attribute__((vector_size(kVecBytes), aligned(4)));
+  static constexpr int64_t L = kVecBytes / 4;  // lanes
 };
 template <> struct VecOf<double> {
   typedef double V __attribute__((vector_size(kVecBytes)));
   typedef double VU __attribute__((vector_size(kVecBytes), aligned(8)));
+  static constexpr int64_t L = kVecBytes / 8;
 };
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -762,7 +762,7 @@ inline void copy_run(const T* __restrict src, int64_t stride, int64_t n, T* __re
   // 11% of a's forward on a Zen 1 (AVX2), on runs of 8-24 floats.
   if (stride == 1) {
     using VU = typename VecOf<T>::VU;
-    constexpr int64_t L = kVecBytes / static_cast<int64_t>(sizeof(T));
+    constexpr int64_t L = VecOf<T>::L;
     for (; q + L <= n; q += L)
       *reinterpret_cast<VU*>(d + q) = *reinterpret_cast<const VU*>(src + q);
   }
@@ -983,7 +983,7 @@ template <typename T>
 void col2im_gather(const T* col, const Conv2dShape& s, int64_t oh_n, int64_t ow_n, T* x) {
   using V = typename VecOf<T>::V;
   using VU = typename VecOf<T>::VU;
-  constexpr int64_t L = kVecBytes / static_cast<int64_t>(sizeof(T));
+  constexpr int64_t L = VecOf<T>::L;
   const int64_t cols = oh_n * ow_n, kw_n = s.kernel_w;
   // Vectors [j, j + L) with every tap inside: ow = j + l + pad - kw in
   // [0, ow_n) for all lanes l and taps kw, and the vector inside the row.
@@ -1011,29 +1011,22 @@ void col2im_gather(const T* col, const Conv2dShape& s, int64_t oh_n, int64_t ow_
           x_row[iw] = acc;
         }
       };
-      auto load = [](const T* p) { return V(*reinterpret_cast<const VU*>(p)); };
+      // x_row[j, j + NV * L) by NV vectors summed side by side.
+      auto vectors = [&](int64_t j, auto nv) {
+        constexpr int NV = decltype(nv)::value;
+        V acc[NV] = {};
+        for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
+          const T* seg = seg0 + kh * kh_step + j;
+          for (int64_t kw = 0; kw < kw_n; ++kw, seg += cols)
+            for (int v = 0; v < NV; ++v)
+              acc[v] += V(*reinterpret_cast<const VU*>(seg - kw + v * L));
+        }
+        for (int v = 0; v < NV; ++v) *reinterpret_cast<VU*>(x_row + j + v * L) = acc[v];
+      };
       elements(0, j_lo);
       int64_t j = j_lo;
-      for (; j + 2 * L <= j_hi; j += 2 * L) {
-        V acc0 = V{}, acc1 = V{};
-        for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
-          const T* seg = seg0 + kh * kh_step + j;
-          for (int64_t kw = 0; kw < kw_n; ++kw, seg += cols) {
-            acc0 += load(seg - kw);
-            acc1 += load(seg - kw + L);
-          }
-        }
-        *reinterpret_cast<VU*>(x_row + j) = acc0;
-        *reinterpret_cast<VU*>(x_row + j + L) = acc1;
-      }
-      for (; j + L <= j_hi; j += L) {
-        V acc = V{};
-        for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
-          const T* seg = seg0 + kh * kh_step + j;
-          for (int64_t kw = 0; kw < kw_n; ++kw, seg += cols) acc += load(seg - kw);
-        }
-        *reinterpret_cast<VU*>(x_row + j) = acc;
-      }
+      for (; j + 2 * L <= j_hi; j += 2 * L) vectors(j, std::integral_constant<int, 2>{});
+      for (; j + L <= j_hi; j += L) vectors(j, std::integral_constant<int, 1>{});
       elements(j, s.width);
     }
 }
