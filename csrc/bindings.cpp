@@ -647,6 +647,11 @@ py::dict config() {
   d["gemm_blocking_float64"] = blocking_dict(gemm_impl<double>().bs);
   d["gemm_parallel_flops_float32"] = parallel_flops<float>();
   d["gemm_parallel_flops_float64"] = parallel_flops<double>();
+  d["gemm_contended_parallel_flops_float32"] = contended_parallel_flops<float>();
+  d["gemm_contended_parallel_flops_float64"] = contended_parallel_flops<double>();
+  d["parallel_region_us"] = parallel_region_ns() * 1e-3;
+  d["contended_holds"] = contended_holds();
+  d["contended"] = team_contended();
   d["output_cache_bytes"] = output_cache_bytes();
   d["output_cache_limit_bytes"] = kOutputCacheBytes;
   return d;

@@ -132,33 +132,84 @@ bool select_isa(const std::string& name) {
   return false;
 }
 
-// Below parallel_flops<T>() flops a GEMM runs on one thread: a second thread
-// costs a parallel region (waking a sleeping thread, OMP_WAIT_POLICY=passive,
-// which pyconv sets, and joining it), and each thread packs its own panels.
-// Measured 1 vs 2 threads (benchmarks/bench_gemm.py) on the Xeon VM, where an
-// empty 2-thread region costs 40-55 us: float32 crosses over at about 2-3e7
-// flops, float64 (half the rate) at about 1.5e7. Not lowered where regions
-// are cheaper: on the Zen 1 VM (8-21 us) 2 threads already win from ~1.5e6
-// flops on a quiet machine (64 x 1024 x 27: 121 -> 78-99 us), but next to a
-// busy core those products took 1.2-2.1x their 1-thread time (the worker
-// waits for the busy core; the issue's bound is 1.3x), and only products of
-// ~1e7 flops and up stayed within it (RESULTS.md). PYCONV_PARALLEL_FLOPS=<flops>
-// sets the threshold (0: any size may use threads), e.g. on a machine that
-// runs nothing else. Which path runs never changes the result: every element
+// When a GEMM may use threads. A second thread costs a parallel region
+// (waking a sleeping thread, OMP_WAIT_POLICY=passive, which pyconv sets, and
+// joining it), and each thread packs its own panels; next to a busy core it
+// can cost much more: the worker waits for that core.
+//
+// On a quiet machine the crossover follows the region's cost: 2 threads win
+// once one thread's time at the FMA peak exceeds about 2.3 regions
+// (parallel_flops). Fitted on the Xeon VM, where an empty 2-thread region
+// costs 40-55 us and float32 crosses over at 2-3e7 flops; on the Zen 1 VM
+// (8-21 us) this comes to ~1e6 and 2 threads win from ~1.5e6 (64 x 1024 x 27:
+// 121 -> 78-99 us). Next to a busy core such products took 1.2-2.1x their
+// 1-thread time (the issue's bound is 1.3x); only from ~1e7 flops did they
+// stay within it. So the lower threshold holds only while the contention
+// monitor (runtime.h) sees threads paying in GEMM's own regions; otherwise
+// the fixed contended_parallel_flops applies (RESULTS.md, "GEMM against
+// NumPy"). With it, the 2-thread/1-thread-quiet ratios next to a busy core
+// stayed at 0.99-1.11 for every GEMM the benchmark times.
+//
+// PYCONV_PARALLEL_FLOPS=<flops> sets one fixed threshold instead (0: any size
+// may use threads). Which path runs never changes the result: every element
 // of C is summed by one thread in the same order (gemm_kernels.h).
-template <typename T>
-double parallel_flops() {
+namespace {
+double env_parallel_flops() {  // < 0: not set
   static const double flops = [] {  // once; thread-safe
     if (const char* set = std::getenv("PYCONV_PARALLEL_FLOPS")) {
       char* end = nullptr;
       const double v = std::strtod(set, &end);
       if (end != set && *end == '\0' && v >= 0 && std::isfinite(v)) return v;
     }
-    return sizeof(T) == 4 ? 2.5e7 : 1.5e7;
+    return -1.0;
   }();
   return flops;
 }
 
+// One thread's run of the FMA probe, `iters` rounds of it (a few ns each)
+// growing 4x until a run lasts `seconds`: its rounds, time and flops.
+struct ProbeRun {
+  std::int64_t iters;
+  double seconds, flops;
+};
+template <typename T>
+ProbeRun probe_for(const GemmImpl<T>& impl, double seconds, T* sink) {
+  for (std::int64_t iters = 1024;; iters *= 4) {
+    const std::int64_t t0 = now_ns();
+    const double flops = impl.fma_probe(iters, sink);
+    const double elapsed = static_cast<double>(now_ns() - t0) * 1e-9;
+    if (elapsed >= seconds || iters >= (std::int64_t{1} << 40))
+      return {iters, elapsed > 0 ? elapsed : 1e-9, flops};
+  }
+}
+}  // namespace
+
+template <typename T>
+double contended_parallel_flops() {
+  const double set = env_parallel_flops();
+  return set >= 0 ? set : sizeof(T) == 4 ? 2.5e7 : 1.5e7;
+}
+
+template <typename T>
+double parallel_flops() {
+  static const double flops = [] {  // once; thread-safe; 1-3 ms
+    const double set = env_parallel_flops();
+    if (set >= 0) return set;
+    const double cap = contended_parallel_flops<T>();
+    const double region_ns = parallel_region_ns();
+    if (region_ns <= 0) return cap;  // serial build
+    T sink = 0;
+    const ProbeRun run = probe_for(gemm_impl<T>(), 5e-4, &sink);  // a coarse figure suffices
+    volatile T keep = sink;
+    (void)keep;
+    const double quiet = 2.3 * region_ns * (run.flops / run.seconds * 1e-9);
+    return quiet < cap ? quiet : cap;
+  }();
+  return flops;
+}
+
+template double contended_parallel_flops<float>();
+template double contended_parallel_flops<double>();
 template double parallel_flops<float>();
 template double parallel_flops<double>();
 
@@ -166,11 +217,12 @@ template <typename T>
 void gemm(std::int64_t m, std::int64_t n, std::int64_t k, T alpha, MatRef<T> a, MatRef<T> b,
           T beta, T* c, std::int64_t ldc, int nthreads) {
   const GemmImpl<T>& impl = gemm_impl<T>();  // once: see tables()
+  const double flops =
+      2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
   if (nthreads > 1 &&
-      (in_parallel() ||
-       2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) <
-           parallel_flops<T>()))
-    nthreads = 1;  // one level of parallelism per call
+      (in_parallel() || (flops < contended_parallel_flops<T>() &&
+                         (flops < parallel_flops<T>() || team_contended()))))
+    nthreads = 1;  // one level of parallelism per call; see parallel_flops
   const std::int64_t per_thread = impl.workspace(m, n, k);
   Workspace slab(static_cast<std::size_t>(per_thread * nthreads) * sizeof(T));
   impl.run(m, n, k, alpha, a, b, beta, c, ldc, static_cast<T*>(slab.data()), nthreads, nullptr,
@@ -186,23 +238,17 @@ double fma_peak_gflops(int nthreads, double seconds) {
   using Clock = std::chrono::steady_clock;
   const GemmImpl<T>& impl = gemm_impl<T>();
   T sink = 0;
-  std::int64_t iters = 1024;
-  double elapsed = 0;
-  for (;;) {
-    const auto t0 = Clock::now();
-    impl.fma_probe(iters, &sink);
-    elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-    if (elapsed >= 5e-3 || iters >= (std::int64_t{1} << 40)) break;
-    iters *= 4;
-  }
-  const double scaled = static_cast<double>(iters) * seconds / (elapsed > 0 ? elapsed : 1e-9);
-  iters = scaled < 1.0    ? 1
-          : scaled > 1e12 ? std::int64_t{1000000000000}
-                          : static_cast<std::int64_t>(scaled);
+  const ProbeRun calibration = probe_for(impl, 5e-3, &sink);
+  const double scaled = static_cast<double>(calibration.iters) * seconds / calibration.seconds;
+  const std::int64_t iters = scaled < 1.0    ? 1
+                             : scaled > 1e12 ? std::int64_t{1000000000000}
+                                             : static_cast<std::int64_t>(scaled);
   double flops = 0, checksum = 0;
   const auto t0 = Clock::now();
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) reduction(+ : flops, checksum)
+#else
+  (void)nthreads;
 #endif
   {
     T own = 0;

@@ -119,15 +119,20 @@ bool select_isa(const std::string& name);
 template <typename T>
 double fma_peak_gflops(int nthreads, double seconds);
 
-// The size (2mnk flops) from which gemm() uses more than one thread (gemm.cpp
-// says why), or PYCONV_PARALLEL_FLOPS if set to a number >= 0.
+// The sizes (2mnk flops) from which gemm() uses more than one thread
+// (gemm.cpp says why): parallel_flops while threads pay (team_contended()
+// is false, runtime.h), measured at its first call (outside a parallel
+// region; 1-3 ms), contended_parallel_flops otherwise. Both are
+// PYCONV_PARALLEL_FLOPS if it is set to a number >= 0.
 template <typename T>
 double parallel_flops();
+template <typename T>
+double contended_parallel_flops();
 
 // C (m x n, row-major, ldc) = alpha * A (m x k) * B (k x n) + beta * C.
 // beta == 0: C is write-only (never read; may hold NaN). Allocates its pack
 // buffers, then runs with `nthreads` threads (one inside a parallel region
-// or below parallel_flops<T>() flops).
+// or below the thresholds above).
 // Preconditions: m, n, k >= 0; a.rows == m, a.cols == k, b.rows == k,
 // b.cols == n; ldc >= n.
 template <typename T>

@@ -1209,7 +1209,7 @@ void run_cfg(const Problem<T>& P, T* work, int nthreads) {
 #ifdef _OPENMP
   if (nt > 1) {
     const int64_t stride = cfg_workspace_elems<C>(m, n, k);
-    TeamJoin join;
+    TeamJoin join(true);  // equal shares: gemm() learns of contention from it
 #pragma omp parallel num_threads(nt)
     {
       const int64_t t = omp_get_thread_num(), team = omp_get_num_threads();

@@ -1,6 +1,7 @@
 // Thread count and aligned scratch allocation shared by all kernels.
 #include "runtime.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -51,19 +52,92 @@ inline void cpu_relax() {
 }
 }  // namespace
 
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+namespace {
+std::atomic<std::int64_t> g_contended_until{0};  // now_ns() until which threads do not pay
+std::atomic<std::int64_t> g_contended_holds{0};
+std::atomic<std::int64_t> g_loss_ns{0};  // the current window's sum
+std::atomic<int> g_judged{0};            // regions in the current window
+}  // namespace
+
+void note_team(std::int64_t first_ns, std::int64_t wall_ns, std::int64_t end_ns) {
+  const std::int64_t loss = wall_ns - first_ns * 18 / 10;
+  const std::int64_t sum = g_loss_ns.fetch_add(loss, std::memory_order_relaxed) + loss;
+  const bool verdict = sum > kLossBudgetNs;
+  if (verdict) {
+    g_contended_holds.fetch_add(1, std::memory_order_relaxed);
+    g_contended_until.store(end_ns + kContendedHoldNs, std::memory_order_relaxed);
+  }
+  if (verdict || g_judged.fetch_add(1, std::memory_order_relaxed) + 1 >= kJudgedTeams) {
+    g_judged.store(0, std::memory_order_relaxed);  // a new window
+    g_loss_ns.store(0, std::memory_order_relaxed);
+  }
+}
+
+bool team_contended() {
+  return now_ns() < g_contended_until.load(std::memory_order_relaxed);
+}
+
+std::int64_t contended_holds() { return g_contended_holds.load(std::memory_order_relaxed); }
+
+TeamJoin::TeamJoin(bool watched) : watched_(watched), start_ns_(watched ? now_ns() : 0) {}
+
+TeamJoin::~TeamJoin() {
+  if (!watched_ || team_ < 2) return;
+  // The region's closing barrier ordered the first arrival's store before this.
+  const std::int64_t end = now_ns();
+  note_team(first_ns_.load(std::memory_order_relaxed) - start_ns_, end - start_ns_, end);
+}
+
 void TeamJoin::arrive() {
   int thread = 0, team = 1;
 #ifdef _OPENMP
   thread = omp_get_thread_num();
   team = omp_get_num_threads();
 #endif
-  if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == team || thread != 0) return;
-  using Clock = std::chrono::steady_clock;
-  const Clock::time_point start = Clock::now();
+  if (thread == 0) team_ = team;
+  const std::int64_t now = watched_ || thread == 0 ? now_ns() : 0;
+  const int before = arrived_.fetch_add(1, std::memory_order_acq_rel);
+  if (watched_ && before == 0) first_ns_.store(now, std::memory_order_relaxed);
+  if (before + 1 == team || thread != 0) return;
   for (unsigned i = 1; arrived_.load(std::memory_order_acquire) < team; ++i) {
     cpu_relax();
-    if (i % 64 == 0 && Clock::now() - start > std::chrono::nanoseconds(kSpinNs)) return;
+    if (i % 64 == 0 && now_ns() - now > kSpinNs) return;
   }
+}
+
+double parallel_region_ns() {
+#ifdef _OPENMP
+  static const double median = [] {  // once; thread-safe
+    // As a kernel's region ends: the master spins (bounded) for the worker.
+    auto region = [] {
+      std::atomic<int> arrived{0};
+      const std::int64_t t0 = now_ns();
+#pragma omp parallel num_threads(2)
+      {
+        if (arrived.fetch_add(1, std::memory_order_acq_rel) == 0 && omp_get_thread_num() == 0)
+          while (arrived.load(std::memory_order_acquire) < omp_get_num_threads() &&
+                 now_ns() - t0 < TeamJoin::kSpinNs)
+            cpu_relax();
+      }
+      return now_ns() - t0;
+    };
+    region();  // the first region may create the worker thread
+    constexpr int kRounds = 19;
+    std::int64_t t[kRounds];
+    for (std::int64_t& v : t) v = region();
+    std::nth_element(t, t + kRounds / 2, t + kRounds);
+    return static_cast<double>(t[kRounds / 2]);
+  }();
+  return median;
+#else
+  return 0;
+#endif
 }
 
 void* aligned_alloc_bytes(std::size_t bytes) {

@@ -1092,7 +1092,10 @@ def format_system(info: dict) -> str:
         f"pyconv    : {pcfg.get('version')} simd={pcfg.get('simd')} {pcfg.get('compiler')}, "
         f"openmp {pcfg.get('openmp')}, GEMMs on threads from "
         f"{pcfg.get('gemm_parallel_flops_float32', float('nan')):.2g} / "
-        f"{pcfg.get('gemm_parallel_flops_float64', float('nan')):.2g} flops (float32 / float64)",
+        f"{pcfg.get('gemm_parallel_flops_float64', float('nan')):.2g} flops (float32 / float64; "
+        f"{pcfg.get('gemm_contended_parallel_flops_float32', float('nan')):.2g} / "
+        f"{pcfg.get('gemm_contended_parallel_flops_float64', float('nan')):.2g} while contended), "
+        f"empty 2-thread region {pcfg.get('parallel_region_us', float('nan')):.1f} us",
         f"numpy     : {info['numpy']} BLAS {blas}",
         f"torch     : {info['torch'] or 'not installed'}",
         f"memory    : {info['page_fault_us']:.2f} us per fresh 4 KiB page "

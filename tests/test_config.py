@@ -21,6 +21,22 @@ def test_config_keys():
     assert cfg["simd"] in _core.available_isas()
 
 
+def test_config_reports_the_gemm_thread_thresholds():
+    # The quiet threshold comes from a measured region cost and FMA rate; the
+    # contended one is fixed (PYCONV_PARALLEL_FLOPS, when set, is both).
+    cfg = pyconv.config()
+    for dt in ("float32", "float64"):
+        quiet = cfg[f"gemm_parallel_flops_{dt}"]
+        busy = cfg[f"gemm_contended_parallel_flops_{dt}"]
+        assert 0 <= quiet <= busy, (dt, quiet, busy)
+    assert isinstance(cfg["contended_holds"], int) and cfg["contended_holds"] >= 0
+    assert isinstance(cfg["contended"], bool)
+    if cfg["openmp"].startswith("yes"):
+        assert 0 < cfg["parallel_region_us"] < 1e6
+    else:
+        assert cfg["parallel_region_us"] == 0
+
+
 def test_show_config_prints_everything(capsys):
     pyconv.show_config()
     text = capsys.readouterr().out

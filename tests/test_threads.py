@@ -159,7 +159,8 @@ import pyconv.functional as F
 
 pyconv.set_num_threads(2)
 cfg = pyconv.config()
-print(cfg["gemm_parallel_flops_float32"], cfg["gemm_parallel_flops_float64"])
+print(cfg["gemm_parallel_flops_float32"], cfg["gemm_parallel_flops_float64"],
+      cfg["gemm_contended_parallel_flops_float32"], cfg["gemm_contended_parallel_flops_float64"])
 rng = np.random.default_rng(5)
 out = {}
 for dt in (np.float32, np.float64):
@@ -190,15 +191,18 @@ def _run_threshold_script(tmp_path, name, value):
 def test_parallel_threshold_never_changes_results(tmp_path):
     # PYCONV_PARALLEL_FLOPS=0 lets every product use both threads, 1e30 none:
     # each element of C is summed by one thread in one order either way, so
-    # the bits agree; the default lies in between, and junk is ignored.
+    # the bits agree. By default the quiet threshold is measured (between 0
+    # and the fixed one used while contended); junk is ignored.
     if not pyconv.config()["openmp"].startswith("yes"):
         pytest.skip("serial build (no OpenMP): every product runs on one thread")
     zero, threads = _run_threshold_script(tmp_path, "zero", "0")
     never, serial = _run_threshold_script(tmp_path, "never", "1e30")
     unset, default = _run_threshold_script(tmp_path, "default", None)
     ignored, junk = _run_threshold_script(tmp_path, "junk", "lots")
-    assert zero == [0.0, 0.0] and never == [1e30, 1e30]
-    assert unset == ignored == [2.5e7, 1.5e7]
+    assert zero == [0.0] * 4 and never == [1e30] * 4
+    for quiet32, quiet64, busy32, busy64 in (unset, ignored):
+        assert [busy32, busy64] == [2.5e7, 1.5e7]
+        assert 0 < quiet32 <= busy32 and 0 < quiet64 <= busy64
     assert threads.keys() == serial.keys() == default.keys() == junk.keys()
     for key in threads:
         for other in (serial, default, junk):

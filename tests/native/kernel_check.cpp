@@ -1,16 +1,22 @@
 // The kernels without Python: every code path this CPU supports, float and
 // double, 1 and 2 threads, against float64 loops written here (not the code
 // under test). Built by CMake with -DPYCONV_KERNEL_CHECK=ON and the kernels'
-// own flags; tests/test_cpu_models.py cross-compiles it for aarch64 and runs
+// own flags; tests/test_aarch64.py cross-compiles it for aarch64 and runs
 // it under qemu-user, where no Python of that architecture is at hand.
 // Prints one line per failure and a summary; exit status 0 when all passed.
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "conv2d.h"
 #include "gemm.h"
@@ -286,6 +292,51 @@ void check_pointwise(int threads) {
   if (!ok) fail(tag<T>("adam_update", threads));
 }
 
+// The contention monitor (runtime.h): real watched regions whose worker
+// arrives 20 ms after the master until it gives its verdict, then, in the
+// fresh window that starts, its sums on made-up timings.
+void check_contention() {
+  using pyconv::contended_holds;
+  using pyconv::note_team;
+  std::int64_t holds = contended_holds();
+#ifdef _OPENMP
+  int team = 0;
+  for (int i = 0; i <= pyconv::kJudgedTeams && contended_holds() == holds; ++i) {
+    pyconv::TeamJoin join(true);
+#pragma omp parallel num_threads(2)
+    {
+      if (omp_get_thread_num() == 0) team = omp_get_num_threads();
+      if (omp_get_thread_num() == 1) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      join.arrive();
+    }
+  }
+  ++g_checks;
+  if (team == 2 && !(pyconv::team_contended() && contended_holds() == holds + 1))
+    fail("workers 20 ms late were not seen as contention");
+  holds = contended_holds();
+  if (team != 2) return;  // no verdict, so no fresh window to start from
+#else
+  note_team(0, 2 * pyconv::kLossBudgetNs, pyconv::now_ns());  // a verdict: a fresh window
+  holds = contended_holds();
+#endif
+  // A 50 us product on two threads: 25 us shares, 35 us in all (-10 us).
+  // Then ones whose worker came 125 us late (+105 us each): two are within
+  // the budget, the third is not.
+  const std::int64_t now = pyconv::now_ns();
+  note_team(25000, 35000, now);
+  note_team(25000, 150000, now);
+  note_team(25000, 150000, now);
+  const bool within = contended_holds() == holds;
+  note_team(25000, 150000, now);
+  const bool beyond = contended_holds() == holds + 1;
+  // A window ends after kJudgedTeams regions: gains do not pile up.
+  for (int i = 0; i < pyconv::kJudgedTeams; ++i) note_team(1000000, 1100000, now);  // -700 us
+  note_team(0, pyconv::kLossBudgetNs + 1, now);
+  const bool fresh = contended_holds() == holds + 2;
+  ++g_checks;
+  if (!(within && beyond && fresh)) fail("note_team's sums");
+}
+
 }  // namespace
 
 int main() {
@@ -308,6 +359,7 @@ int main() {
       check_pointwise<double>(threads);
     }
   }
+  check_contention();
   std::printf("kernel_check: isas %s: %d checks, %d failed\n", isas.c_str(), g_checks,
               g_failures);
   return g_failures == 0 && g_checks > 0 ? 0 : 1;
