@@ -114,16 +114,13 @@ void TeamJoin::arrive() {
 double parallel_region_ns() {
 #ifdef _OPENMP
   static const double median = [] {  // once; thread-safe
-    // As a kernel's region ends: the master spins (bounded) for the worker.
+    // Ended as a kernel's region is (unwatched: not the monitor's business).
     auto region = [] {
-      std::atomic<int> arrived{0};
       const std::int64_t t0 = now_ns();
-#pragma omp parallel num_threads(2)
       {
-        if (arrived.fetch_add(1, std::memory_order_acq_rel) == 0 && omp_get_thread_num() == 0)
-          while (arrived.load(std::memory_order_acquire) < omp_get_num_threads() &&
-                 now_ns() - t0 < TeamJoin::kSpinNs)
-            cpu_relax();
+        TeamJoin join;
+#pragma omp parallel num_threads(2)
+        join.arrive();
       }
       return now_ns() - t0;
     };
