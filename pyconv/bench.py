@@ -211,6 +211,23 @@ def thread_limit(n: int, torch=None):
             torch.set_num_threads(old_torch)
 
 
+def warm_numpy_blas(nthreads: int) -> None:
+    """One NumPy matmul per dtype on ``nthreads`` threads, before any timing.
+
+    NumPy's OpenBLAS (0.3.31, Haswell kernel, Zen 1 VM) ran float32 products on
+    one thread 2-4x slower until the process had made one multi-threaded BLAS
+    call: 256^3 took 3.3 ms before, 0.92 ms after (cpu/wall 1.0 both times, the
+    same sgemm_kernel_HASWELL), 128^3 to 320^3 likewise; float64 was not
+    affected. Without this the first 1-thread NumPy figures of a run were that
+    slow path, and pyconv's ratios against them too high.
+    """
+    with thread_limit(max(1, nthreads)):
+        for dtype in (np.float32, np.float64):
+            a = np.ones((512, 512), dtype=dtype)
+            for _ in range(2):
+                a @ a
+
+
 # The busy loop dies with the process that started it (Linux: prctl
 # PR_SET_PDEATHSIG = 1, SIGKILL), so that a benchmark killed outright does not
 # leave a core spinning for whatever runs next.
@@ -1305,6 +1322,7 @@ def run(args: argparse.Namespace) -> dict:
             )
         return res
 
+    warm_numpy_blas(max(ncpu or 1, *threads))  # GEMM's anchor is numpy.matmul either way
     measured_peak = measure_fma_peak(dtypes, threads) if "gemm" in only else {}
     busy = None
     if args.contend:
