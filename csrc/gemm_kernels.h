@@ -1246,40 +1246,46 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
         }
         return pack_a;
       };
-      // A plain row-major B is packed row by row (pack_b_rows), all panels
-      // at once; in the one-ic-block case below, only up to
-      // kPackedBAheadBytes of them.
+      // A plain row-major B is packed row by row (pack_b_rows), panels side
+      // by side: all of them here, up to kPackedBAheadBytes at a time in the
+      // one-ic-block case below.
       const bool rows_b = P.packer == nullptr && P.b.cs == 1;
-      auto pack_b_all = [&] {
-        if (rows_b)
-          pack_b_rows<C>(kc_cur, nc_cur, P.b.data + pc * P.b.rs + j0 + jc, P.b.rs, pack_b);
-        else
-          for (int64_t jp = 0; jp < n_panels; ++jp) pack_b_at(jp, pack_b + jp * NR * kc_cur);
+      auto pack_b_cols = [&](int64_t jp0, int64_t jp1) {  // panels [jp0, jp1) at pack_b
+        if (rows_b) {
+          const int64_t col0 = jp0 * NR;
+          pack_b_rows<C>(kc_cur, min64(nc_cur, jp1 * NR) - col0,
+                         P.b.data + pc * P.b.rs + j0 + jc + col0, P.b.rs, pack_b);
+        } else {
+          for (int64_t jp = jp0; jp < jp1; ++jp) pack_b_at(jp, pack_b + (jp - jp0) * NR * kc_cur);
+        }
       };
       if (mm <= MC) {
-        // One ic block (a convolution's F rows, say): pack A once, then each
-        // B panel just before its micro-kernels, into one panel's space, so
-        // the panel is used from L1 while it is warm and the source (the
-        // image an im2col packer reads) is not evicted by a whole packed
-        // block (c's forward: 1.6 MiB of panels, beyond L2). Same
-        // arithmetic in the same order as below.
-        const bool packed_first =
-            rows_b && n_panels * NR * kc_cur * int64_t(sizeof(T)) <= kPackedBAheadBytes;
-        if (packed_first) pack_b_all();
+        // One ic block (a convolution's F rows, say): pack A once, then B's
+        // panels just before their micro-kernels: one at a time from a
+        // packer, so the panel is used from L1 while it is warm and the
+        // source (the image an im2col packer reads) is not evicted by a
+        // whole packed block (c's forward: 1.6 MiB of panels, beyond L2);
+        // a plain B in groups that wait in L2. Same arithmetic in the same
+        // order as below.
+        const int64_t fit = kPackedBAheadBytes / (NR * kc_cur * int64_t(sizeof(T)));
+        const int64_t group = rows_b && fit > 1 ? fit : 1;
         const T* pa = a_panels(i0, mm);
-        for (int64_t jp = 0; jp < n_panels; ++jp) {
-          const int64_t col = j0 + jc + jp * NR;
-          const int64_t n_cur = min64(NR, j0 + nn - col);
-          const T* pb = pack_b + (packed_first ? jp * NR * kc_cur : 0);
-          if (!packed_first) pack_b_at(jp, pack_b);
-          for (int64_t ir = 0; ir < mm; ir += MR)
-            micro_kernel_fit<C>(kc_cur, pa + ir * kc_cur, pb, P.c + (i0 + ir) * P.ldc + col,
-                                P.ldc, P.alpha, beta_cur, bias_at(i0 + ir), min64(MR, mm - ir),
-                                n_cur);
+        for (int64_t jp0 = 0; jp0 < n_panels; jp0 += group) {
+          const int64_t jp1 = min64(n_panels, jp0 + group);
+          pack_b_cols(jp0, jp1);
+          for (int64_t jp = jp0; jp < jp1; ++jp) {
+            const int64_t col = j0 + jc + jp * NR;
+            const int64_t n_cur = min64(NR, j0 + nn - col);
+            const T* pb = pack_b + (jp - jp0) * NR * kc_cur;
+            for (int64_t ir = 0; ir < mm; ir += MR)
+              micro_kernel_fit<C>(kc_cur, pa + ir * kc_cur, pb, P.c + (i0 + ir) * P.ldc + col,
+                                  P.ldc, P.alpha, beta_cur, bias_at(i0 + ir),
+                                  min64(MR, mm - ir), n_cur);
+          }
         }
         continue;
       }
-      pack_b_all();
+      pack_b_cols(0, n_panels);
       for (int64_t ic = 0; ic < mm; ic += MC) {  // loop 3: ic
         const int64_t mc_cur = min64(MC, mm - ic);
         const int64_t row0 = i0 + ic;
