@@ -122,6 +122,33 @@ def test_both_sides_of_the_unpacked_width(isa, dtype):
             _check_gemm(rng, m, n, k, dtype, ta, tb, alpha, beta)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packing_orders(isa, dtype, threads):
+    # The packed path's block packers, past the small-product path: an A
+    # stored transposed, packed k by k across a block of several panels with
+    # a partial last one, over several ic and pc blocks; a row-major A by
+    # register transposes with k tails; a row-major B packed row by row in
+    # groups of panels, many groups wide in one ic block, with a partial last
+    # panel. Every transpose pairs with each shape; all are over 8 panels
+    # wide, so none takes the small-product path.
+    bs = _core.config().get(f"gemm_blocking_{np.dtype(dtype).name}", {})
+    mr, nr = int(bs.get("mr", 4)), int(bs.get("nr", 8))
+    kc, mc = int(bs.get("kc", 256)), int(bs.get("mc", 128))
+    rng = np.random.default_rng(29)
+    cycle = itertools.cycle(ALPHA_BETA)
+    old = _core.get_num_threads()
+    _core.set_num_threads(threads)
+    try:
+        for m, n, k in ((mc - 1, 40 * nr + 3, kc + 7), (2 * mc + mr + 1, 9 * nr + 1, kc + 3),
+                        (mc + 5, 9 * nr, kc - 3), (mr, 9 * nr + 1, 2 * kc + 5)):
+            for ta, tb in TRANS:
+                alpha, beta = next(cycle)
+                _check_gemm(rng, m, n, k, dtype, ta, tb, alpha, beta)
+    finally:
+        _core.set_num_threads(old)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_small_products_with_b_transposed(isa, dtype):
     # A (m x k) times B^T with both row-major along k, m <= 64, n below one

@@ -79,7 +79,10 @@ template <typename T>
 void check_gemm(int threads) {
   const std::int64_t sizes[][3] = {{1, 1, 1},    {7, 19, 33},  {70, 45, 300}, {130, 257, 129},
                                    {5, 300, 600}, {300, 70, 20}, {64, 64, 700}, {33, 1, 17},
-                                   {1, 40, 5},    {4, 5, 0},     {97, 131, 257}};
+                                   {1, 40, 5},    {4, 5, 0},     {97, 131, 257},
+                                   // B packed in several groups of panels in one ic block;
+                                   // A over 2+ ic blocks with a partial panel, 2 pc blocks
+                                   {50, 517, 270}, {301, 37, 259}};
   const T nan = std::numeric_limits<T>::quiet_NaN();
   for (const auto& sz : sizes) {
     const std::int64_t m = sz[0], n = sz[1], k = sz[2], ldc = n + 3;
