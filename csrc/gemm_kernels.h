@@ -677,7 +677,8 @@ void pack_a_block(int64_t kc, int64_t rows, const T* __restrict a, int64_t rs, i
       for (int64_t r = 0; r < whole; r += MR)
         for (int64_t i = 0; i < MR; ++i) d[r * kc + i] = src[r + i];
       if (whole < rows)  // the last panel, zeros past the block's rows
-        for (int64_t i = 0; i < MR; ++i) d[whole * kc + i] = whole + i < rows ? src[whole + i] : T(0);
+        for (int64_t i = 0; i < MR; ++i)
+          d[whole * kc + i] = whole + i < rows ? src[whole + i] : T(0);
     }
     return;
   }
