@@ -470,12 +470,13 @@ inline void interleave6x16(const float* a, int64_t rs, float* dst) {
 }
 
 #elif defined(PYCONV_ISA_AVX2)
-// The same for one ymm of k: six rows of 8 floats or 4 doubles -> k-major.
+// The same for one ymm of k: six rows of 8 floats or 4 doubles -> k-major
+// (dst[q*6 + i] = row_i[q]).
 // Only shuffles within 128-bit lanes (unpcklps/unpckhps, shufps) and 128-bit
 // loads into either half (vinsertf128): Zen 1 runs a lane-crossing vperm2f128
 // as 8 macro-ops. Rows i and i + 4 share a vector (low / high half), so one
 // in-lane 4 x 4 transpose gives each q's six elements in lanes 0-5.
-inline void interleave6x8(const float* a, int64_t rs, float* dst) {
+inline void interleave6_ymm(const float* a, int64_t rs, float* dst) {
   __m256 c[8];
   for (int h = 0; h < 2; ++h) {  // k 0-3, then 4-7
     const float* s = a + 4 * h;
@@ -498,7 +499,7 @@ inline void interleave6x8(const float* a, int64_t rs, float* dst) {
   _mm_storel_pi(reinterpret_cast<__m64*>(dst + 46), _mm256_extractf128_ps(c[7], 1));
 }
 
-inline void interleave6x8(const double* a, int64_t rs, double* dst) {  // 4 k of doubles
+inline void interleave6_ymm(const double* a, int64_t rs, double* dst) {
   for (int h = 0; h < 2; ++h) {  // k 0-1, then 2-3
     const double* s = a + 2 * h;
     auto rows = [&](int i) {  // rows i | i + 2
@@ -641,7 +642,7 @@ void pack_a_panel(int64_t kc, int64_t m_cur, const T* a, int64_t rs, int64_t cs,
     if (cs == 1 && m_cur == MR) {  // 2.1x the element loop (144 x 256: 8.2 against 17 us)
       constexpr int64_t L = 32 / static_cast<int64_t>(sizeof(T));
       int64_t p = 0;
-      for (; p + L <= kc; p += L) interleave6x8(a + p, rs, dst + p * MR);
+      for (; p + L <= kc; p += L) interleave6_ymm(a + p, rs, dst + p * MR);
       for (; p < kc; ++p)
         for (int i = 0; i < MR; ++i) dst[p * MR + i] = a[i * rs + p];
       return;
@@ -686,73 +687,30 @@ void pack_a_block(int64_t kc, int64_t rows, const T* __restrict a, int64_t rs, i
     pack_a_panel<C>(kc, min64(MR, rows - r), a + r * rs, rs, cs, dst + r * kc);
 }
 
-// B block column panel (kc x n_cur at b, strides rs/cs) -> one packed panel:
-// kc rows of nr = panel_width(n_cur), zeros past n_cur.
-template <class C, typename T = typename C::T>
-void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs, T* dst) {
-  const int64_t nr = panel_width<C>(n_cur);
+// d[0, n) = src[0, n) and zeros in d[n, nr): one row of a packed B panel.
+template <typename T>
+inline void copy_row_padded(const T* __restrict src, int64_t n, int64_t nr, T* __restrict d) {
 #if defined(PYCONV_ISA_AVX512)
-  if (cs == 1) {  // row copies by whole vectors, a masked tail, zeros to nr
-    using Z = Zmm<T>;
-    constexpr int L = Z::L;
-    for (int64_t p = 0; p < kc; ++p) {
-      const T* src = b + p * rs;
-      T* d = dst + p * nr;
-      int64_t j = 0;
-      for (; j + L <= n_cur; j += L) Z::store(d + j, Z::load(src + j));
-      if (j < n_cur) {  // lanes past n_cur load as zeros
-        Z::store(d + j, Z::load(Z::mask(n_cur - j), src + j));
-        j += L;
-      }
-      for (; j < nr; j += L) Z::store(d + j, Z::zero());
-    }
-    return;
+  using Z = Zmm<T>;  // whole vectors, a masked tail (lanes past n load as zeros), zeros
+  constexpr int L = Z::L;
+  int64_t j = 0;
+  for (; j + L <= n; j += L) Z::store(d + j, Z::load(src + j));
+  if (j < n) {
+    Z::store(d + j, Z::load(Z::mask(n - j), src + j));
+    j += L;
   }
+  for (; j < nr; j += L) Z::store(d + j, Z::zero());
+#else
+  for (int64_t j = 0; j < n; ++j) d[j] = src[j];
+  for (int64_t j = n; j < nr; ++j) d[j] = T(0);
 #endif
-  if (cs == 1) {
-    if (n_cur == C::NR) {  // a whole panel: NR, a constant, copies by whole vectors
-      const T* __restrict src = b;
-      T* __restrict d = dst;
-      for (int64_t p = 0; p < kc; ++p)
-        for (int64_t j = 0; j < C::NR; ++j) d[p * C::NR + j] = src[p * rs + j];
-      return;
-    }
-    for (int64_t p = 0; p < kc; ++p) {
-      const T* src = b + p * rs;
-      T* d = dst + p * nr;
-      for (int64_t j = 0; j < n_cur; ++j) d[j] = src[j];
-      for (int64_t j = n_cur; j < nr; ++j) d[j] = T(0);
-    }
-  } else {
-    int64_t j0 = 0;
-#if defined(PYCONV_ISA_AVX512) || defined(PYCONV_ISA_AVX2)
-    // B is a transposed row-major matrix (rs == 1): transpose whole blocks.
-    constexpr int64_t TB = TransposeVec<T>::L;
-    if (rs == 1) {
-      for (; j0 < n_cur; j0 += TB) {  // the last block zero-fills its missing rows
-        const int64_t rows = min64(TB, n_cur - j0);
-        int64_t p = 0;
-        for (; p + TB <= kc; p += TB)
-          transpose_block(b + j0 * cs + p, cs, rows, dst + p * nr + j0, nr);
-        for (; p < kc; ++p)
-          for (int64_t j = j0; j < j0 + TB; ++j)
-            dst[p * nr + j] = j < n_cur ? b[j * cs + p] : T(0);
-      }
-    }
-#endif
-    for (int64_t j = j0; j < n_cur; ++j)
-      for (int64_t p = 0; p < kc; ++p) dst[p * nr + j] = b[j * cs + p * rs];
-    const int64_t j_pad = j0 > n_cur ? j0 : n_cur;
-    for (int64_t p = 0; p < kc; ++p)
-      for (int64_t j = j_pad; j < nr; ++j) dst[p * nr + j] = T(0);
-  }
 }
 
 // A row-major B block (kc x n at b, row stride rs) -> its ceil(n/NR) panels,
-// panel jp at dst + jp * NR * kc, as pack_b_panel packs each. Row by row
-// across all the panels, so B is read in order, a stream the prefetchers
+// panel jp at dst + jp * NR * kc, the last panel_width(n % NR) wide. Row by
+// row across all the panels, so B is read in order, a stream the prefetchers
 // follow; panel by panel, each panel read NR columns of every row and missed
-// the cache on each (affine1's forward, B 4320 x 100: 61% of pack_b_panel's
+// the cache on each (affine1's forward, B 4320 x 100: 61% of the packing's
 // samples on its loads of B). __restrict, as in pack_a_block: without it GCC
 // copied element by element, for fear of overlap.
 template <class C, typename T = typename C::T>
@@ -765,10 +723,40 @@ void pack_b_rows(int64_t kc, int64_t n, const T* __restrict b, int64_t rs,
     const T* src = b + p * rs;
     for (int64_t j = 0; j < whole; j += NR)
       for (int64_t q = 0; q < NR; ++q) dst[j * kc + p * NR + q] = src[j + q];
-    T* d = dst + whole * kc + p * tail_nr;
-    for (int64_t q = 0; q < tail; ++q) d[q] = src[whole + q];
-    for (int64_t q = tail; q < tail_nr; ++q) d[q] = T(0);
+    if (tail > 0) copy_row_padded(src + whole, tail, tail_nr, dst + whole * kc + p * tail_nr);
   }
+}
+
+// B block column panel (kc x n_cur at b, strides rs/cs) -> one packed panel:
+// kc rows of nr = panel_width(n_cur), zeros past n_cur.
+template <class C, typename T = typename C::T>
+void pack_b_panel(int64_t kc, int64_t n_cur, const T* b, int64_t rs, int64_t cs, T* dst) {
+  if (cs == 1) {  // row-major: one panel of pack_b_rows
+    pack_b_rows<C>(kc, n_cur, b, rs, dst);
+    return;
+  }
+  const int64_t nr = panel_width<C>(n_cur);
+  int64_t j0 = 0;
+#if defined(PYCONV_ISA_AVX512) || defined(PYCONV_ISA_AVX2)
+  // B is a transposed row-major matrix (rs == 1): transpose whole blocks.
+  constexpr int64_t TB = TransposeVec<T>::L;
+  if (rs == 1) {
+    for (; j0 < n_cur; j0 += TB) {  // the last block zero-fills its missing rows
+      const int64_t rows = min64(TB, n_cur - j0);
+      int64_t p = 0;
+      for (; p + TB <= kc; p += TB)
+        transpose_block(b + j0 * cs + p, cs, rows, dst + p * nr + j0, nr);
+      for (; p < kc; ++p)
+        for (int64_t j = j0; j < j0 + TB; ++j)
+          dst[p * nr + j] = j < n_cur ? b[j * cs + p] : T(0);
+    }
+  }
+#endif
+  for (int64_t j = j0; j < n_cur; ++j)
+    for (int64_t p = 0; p < kc; ++p) dst[p * nr + j] = b[j * cs + p * rs];
+  const int64_t j_pad = j0 > n_cur ? j0 : n_cur;
+  for (int64_t p = 0; p < kc; ++p)
+    for (int64_t j = j_pad; j < nr; ++j) dst[p * nr + j] = T(0);
 }
 
 // ---- Row segments of im2col and col2im ---------------------------------------

@@ -1322,7 +1322,7 @@ def run(args: argparse.Namespace) -> dict:
             )
         return res
 
-    warm_numpy_blas(max(ncpu or 1, *threads))  # GEMM's anchor is numpy.matmul either way
+    warm_numpy_blas(max(ncpu or 1, *threads))  # before every NumPy anchor: matmul, book layers
     measured_peak = measure_fma_peak(dtypes, threads) if "gemm" in only else {}
     busy = None
     if args.contend:

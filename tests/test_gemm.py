@@ -124,7 +124,7 @@ def test_both_sides_of_the_unpacked_width(isa, dtype):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_packing_orders(isa, dtype, threads):
+def test_packing_orders(isa, dtype, threads, restore_threads):
     # The packed path's block packers, past the small-product path: an A
     # stored transposed, packed k by k across a block of several panels with
     # a partial last one, over several ic and pc blocks; a row-major A by
@@ -137,16 +137,12 @@ def test_packing_orders(isa, dtype, threads):
     kc, mc = int(bs.get("kc", 256)), int(bs.get("mc", 128))
     rng = np.random.default_rng(29)
     cycle = itertools.cycle(ALPHA_BETA)
-    old = _core.get_num_threads()
     _core.set_num_threads(threads)
-    try:
-        for m, n, k in ((mc - 1, 40 * nr + 3, kc + 7), (2 * mc + mr + 1, 9 * nr + 1, kc + 3),
-                        (mc + 5, 9 * nr, kc - 3), (mr, 9 * nr + 1, 2 * kc + 5)):
-            for ta, tb in TRANS:
-                alpha, beta = next(cycle)
-                _check_gemm(rng, m, n, k, dtype, ta, tb, alpha, beta)
-    finally:
-        _core.set_num_threads(old)
+    for m, n, k in ((mc - 1, 40 * nr + 3, kc + 7), (2 * mc + mr + 1, 9 * nr + 1, kc + 3),
+                    (mc + 5, 9 * nr, kc - 3), (mr, 9 * nr + 1, 2 * kc + 5)):
+        for ta, tb in TRANS:
+            alpha, beta = next(cycle)
+            _check_gemm(rng, m, n, k, dtype, ta, tb, alpha, beta)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
