@@ -126,18 +126,13 @@ template <> struct Blocking<double> {  // 4x4
 constexpr int64_t kPackedBAheadBytes = 128 * 1024;
 
 // GCC/Clang vector extensions: the compiler maps them to the widest registers
-// of this translation unit's ISA, with no intrinsics. VecU is the unaligned
-// flavour used to touch C.
-template <typename T> struct VecOf;
-template <> struct VecOf<float> {
-  typedef float V __attribute__((vector_size(kVecBytes)));
-  typedef float VU __attribute__((vector_size(kVecBytes), aligned(4)));
-  static constexpr int64_t L = kVecBytes / 4;  // lanes
-};
-template <> struct VecOf<double> {
-  typedef double V __attribute__((vector_size(kVecBytes)));
-  typedef double VU __attribute__((vector_size(kVecBytes), aligned(8)));
-  static constexpr int64_t L = kVecBytes / 8;
+// of this translation unit's ISA (or, with Bytes, to a narrower register),
+// with no intrinsics. VU is the unaligned flavour used to touch C.
+template <typename T, int Bytes = kVecBytes>
+struct VecOf {
+  typedef T V __attribute__((vector_size(Bytes)));
+  typedef T VU __attribute__((vector_size(Bytes), aligned(sizeof(T))));
+  static constexpr int64_t L = Bytes / static_cast<int64_t>(sizeof(T));  // lanes
 };
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -173,7 +168,7 @@ inline void prefetch_tile(const T* c, int64_t ldc, int64_t m_cur) {
 template <int NU, int MU, int VL, typename T, typename V>
 inline void store_tile(const V (&acc)[MU][NU], T* __restrict c, int64_t ldc, T alpha, T beta,
                        const T* bias, int64_t m_cur, int64_t n_cur) {
-  using VU = typename VecOf<T>::VU;
+  using VU = typename VecOf<T, sizeof(V)>::VU;
   const int64_t full_vecs = n_cur / VL;
 #pragma GCC unroll 32
   for (int i = 0; i < MU; ++i) {
@@ -204,13 +199,17 @@ inline void store_tile(const V (&acc)[MU][NU], T* __restrict c, int64_t ldc, T a
 // acc = the kc-step sum of one tile, the loop every GEMM micro-kernel runs:
 // step p broadcasts MU elements of A (row i at a[i * lda + p] when kRowsA,
 // else together at a[p * lda + i], as in a packed panel) against NU vectors
-// of B at b + p * ldb (aligned loads when kAligned: a packed panel). Always
-// inlined, so a packed kernel's strides (MR, NU * VL) stay constants.
-template <int NU, int MU, int VL, bool kRowsA, bool kAligned, typename T, typename V>
+// of B at b + p * ldb (aligned loads when kAligned: a packed panel). Rows
+// from kHi on are read at a + a_hi instead (row kHi + i at a[a_hi + p * lda
+// + i]): the second of two packed panels. Always inlined, so a packed
+// kernel's strides (MR, NU * VL) stay constants.
+template <int NU, int MU, int VL, bool kRowsA, bool kAligned, int kHi = MU, typename T,
+          typename V>
 __attribute__((always_inline)) inline void tile_sum(V (&acc)[MU][NU], int64_t kc,
                                                     const T* __restrict a, int64_t lda,
-                                                    const T* __restrict b, int64_t ldb) {
-  using VU = typename VecOf<T>::VU;
+                                                    const T* __restrict b, int64_t ldb,
+                                                    int64_t a_hi = 0) {
+  using VU = typename VecOf<T, sizeof(V)>::VU;
 #pragma GCC unroll 32
   for (int i = 0; i < MU; ++i)
 #pragma GCC unroll 8
@@ -224,7 +223,7 @@ __attribute__((always_inline)) inline void tile_sum(V (&acc)[MU][NU], int64_t kc
                        : V(*reinterpret_cast<const VU*>(b + j * VL));
 #pragma GCC unroll 32
     for (int i = 0; i < MU; ++i) {
-      const V av = splat<V>(kRowsA ? a[i * lda + p] : a[i]);
+      const V av = splat<V>(kRowsA ? a[i * lda + p] : i < kHi ? a[i] : a[a_hi + i - kHi]);
 #pragma GCC unroll 8
       for (int j = 0; j < NU; ++j) acc[i][j] += av * bv[j];
     }
@@ -338,6 +337,56 @@ inline void micro_kernel_fit(int64_t kc, const T* a, const T* b, T* c, int64_t l
   micro_kernel<C, NU>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
 }
 
+// Two MR-row panels at once (the second at a + MR * kc, where packing puts
+// it) against a B panel of one vector (n_cur <= VL; packed VL wide), with
+// vectors of kBytes: a one-vector panel alone keeps only MR chains of FMAs,
+// fewer than a core needs in flight (latency x pipes: 8-10), and 2 MR fill
+// it. Half vectors (n_cur <= VL / 2) halve the work where a full vector
+// takes two micro-ops (256-bit FMAs on Zen 1, 512-bit on Zen 4). Every
+// element is the same chain of FMAs in k order as in micro_kernel: the bits
+// do not depend on which kernel ran.
+template <class C, int kBytes, typename T = typename C::T>
+inline void micro_kernel_pair(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha,
+                              T beta, const T* bias, int64_t m_cur, int64_t n_cur) {
+  using V = typename VecOf<T, kBytes>::V;
+  constexpr int MR = C::MR, VL = kBytes / static_cast<int>(sizeof(T));
+  prefetch_tile<1, VL>(c, ldc, m_cur);
+  V acc[2 * MR][1];
+  tile_sum<1, 2 * MR, VL, false, true, MR>(acc, kc, a, MR, b, C::VL, MR * kc);
+  store_tile<1, 2 * MR, VL>(acc, c, ldc, alpha, beta, bias, m_cur, n_cur);
+}
+
+// The ir loop: C[0:rows, 0:n_cur] from the MR x kc panels of packed A at pa
+// (panel r at pa + r * MR * kc) and one packed B panel. A one-vector B panel
+// runs panels in pairs (micro_kernel_pair), in half vectors where they cover
+// it and the ISA has them (AVX2: 128-bit; AVX-512: 256-bit).
+template <class C, typename T = typename C::T>
+inline void panel_column(int64_t kc, const T* pa, int64_t rows, const T* pb, T* c, int64_t ldc,
+                         T alpha, T beta, const T* bias, int64_t n_cur) {
+  constexpr int64_t MR = C::MR;
+  int64_t ir = 0;
+  if constexpr (C::NV > 1) {
+    if (n_cur <= C::VL) {
+      for (; ir + MR < rows; ir += 2 * MR) {
+        const T* bias_ir = bias != nullptr ? bias + ir : nullptr;
+        const int64_t m_cur = min64(2 * MR, rows - ir);
+        if constexpr (kVecBytes >= 32) {
+          if (2 * n_cur <= C::VL) {
+            micro_kernel_pair<C, kVecBytes / 2>(kc, pa + ir * kc, pb, c + ir * ldc, ldc, alpha,
+                                                beta, bias_ir, m_cur, n_cur);
+            continue;
+          }
+        }
+        micro_kernel_pair<C, kVecBytes>(kc, pa + ir * kc, pb, c + ir * ldc, ldc, alpha, beta,
+                                        bias_ir, m_cur, n_cur);
+      }
+    }
+  }
+  for (; ir < rows; ir += MR)
+    micro_kernel_fit<C>(kc, pa + ir * kc, pb, c + ir * ldc, ldc, alpha, beta,
+                        bias != nullptr ? bias + ir : nullptr, min64(MR, rows - ir), n_cur);
+}
+
 #if defined(PYCONV_ISA_AVX512)
 template <typename T>
 struct Zmm;  // the masked AVX-512 operations the packing and segment loops need
@@ -365,13 +414,16 @@ struct Zmm<float> {
     return _mm512_permutex2var_ps(
         a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
   }
+  // The spreads are maskz with every lane: the same vpermps, but without
+  // the plain intrinsic's _mm512_undefined_ps, which GCC 12 reports as
+  // "may be used uninitialized" wherever it inlines it.
   static V spread_low(V c) {  // c[i] at lane 2i, i < L/2
-    return _mm512_permutexvar_ps(
-        _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), c);
+    return _mm512_maskz_permutexvar_ps(
+        0xFFFF, _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), c);
   }
   static V spread_high(V c) {  // c[L/2 + i] at lane 2i
-    return _mm512_permutexvar_ps(
-        _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15), c);
+    return _mm512_maskz_permutexvar_ps(
+        0xFFFF, _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15), c);
   }
 };
 template <>
@@ -397,10 +449,10 @@ struct Zmm<double> {
     return _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b);
   }
   static V spread_low(V c) {
-    return _mm512_permutexvar_pd(_mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3), c);
+    return _mm512_maskz_permutexvar_pd(0xFF, _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3), c);
   }
   static V spread_high(V c) {
-    return _mm512_permutexvar_pd(_mm512_setr_epi64(4, 4, 5, 5, 6, 6, 7, 7), c);
+    return _mm512_maskz_permutexvar_pd(0xFF, _mm512_setr_epi64(4, 4, 5, 5, 6, 6, 7, 7), c);
   }
 };
 template <typename T>
@@ -1266,10 +1318,8 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
             const int64_t col = j0 + jc + jp * NR;
             const int64_t n_cur = min64(NR, j0 + nn - col);
             const T* pb = pack_b + (jp - jp0) * NR * kc_cur;
-            for (int64_t ir = 0; ir < mm; ir += MR)
-              micro_kernel_fit<C>(kc_cur, pa + ir * kc_cur, pb, P.c + (i0 + ir) * P.ldc + col,
-                                  P.ldc, P.alpha, beta_cur, bias_at(i0 + ir),
-                                  min64(MR, mm - ir), n_cur);
+            panel_column<C>(kc_cur, pa, mm, pb, P.c + i0 * P.ldc + col, P.ldc, P.alpha,
+                            beta_cur, bias_at(i0), n_cur);
           }
         }
         continue;
@@ -1283,10 +1333,8 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
           const int64_t col = j0 + jc + jp * NR;
           const int64_t n_cur = min64(NR, j0 + nn - col);
           const T* pb = pack_b + jp * NR * kc_cur;
-          for (int64_t ir = 0; ir < mc_cur; ir += MR)  // loop 1: ir
-            micro_kernel_fit<C>(kc_cur, pa + ir * kc_cur, pb, P.c + (row0 + ir) * P.ldc + col,
-                                P.ldc, P.alpha, beta_cur, bias_at(row0 + ir),
-                                min64(MR, mc_cur - ir), n_cur);
+          panel_column<C>(kc_cur, pa, mc_cur, pb, P.c + row0 * P.ldc + col, P.ldc,  // loop 1
+                          P.alpha, beta_cur, bias_at(row0), n_cur);
         }
       }
     }

@@ -145,6 +145,29 @@ def test_packing_orders(isa, dtype, threads, restore_threads):
             _check_gemm(rng, m, n, k, dtype, ta, tb, alpha, beta)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_vector_last_panel(isa, dtype, threads, restore_threads):
+    # A last B panel of one vector or less runs its row panels two at a time
+    # (half vectors where they cover it): every width of that panel, 1..NR
+    # (the wider ones take the usual kernels), against row counts that make
+    # whole pairs, a pair and a single panel, a pair whose second panel is
+    # one row, and several pairs with partial rows; k over one and two KC
+    # blocks (the second adds to C). Nine panels wide: the packed path.
+    bs = _core.config().get(f"gemm_blocking_{np.dtype(dtype).name}", {})
+    mr, nr, kc = int(bs.get("mr", 4)), int(bs.get("nr", 8)), int(bs.get("kc", 256))
+    rng = np.random.default_rng(31)
+    cycle = itertools.cycle(ALPHA_BETA)
+    trans = itertools.cycle(TRANS)
+    _core.set_num_threads(threads)
+    for t in range(1, nr + 1):
+        for m in (2 * mr, 2 * mr + 1, mr + 1, 3 * mr - 1, 7 * mr + 3):
+            ta, tb = next(trans)
+            alpha, beta = next(cycle)
+            k = kc + 5 if (t + m) % 3 == 0 else 37
+            _check_gemm(rng, m, 8 * nr + t, k, dtype, ta, tb, alpha, beta)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_small_products_with_b_transposed(isa, dtype):
     # A (m x k) times B^T with both row-major along k, m <= 64, n below one
