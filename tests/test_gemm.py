@@ -59,15 +59,20 @@ def _check_gemm(rng, m, n, k, dtype, trans_a, trans_b, alpha, beta, *, functiona
         assert np.shares_memory(c, out), f"{name}: result is not written to out"
 
 
+def _blocking(dtype) -> dict[str, int]:
+    """The active GEMM path's block sizes for dtype (mr, nr, kc, mc, nc)."""
+    return {k: int(v) for k, v in _core.config()[f"gemm_blocking_{np.dtype(dtype).name}"].items()}
+
+
 def _edge_sizes(dtype) -> list[int]:
     """Sizes around the micro-tile (MR, NR), the cache blocks (MC, KC) and the
     round numbers 64..512."""
-    bs = _core.config().get(f"gemm_blocking_{np.dtype(dtype).name}", {})
+    bs = _blocking(dtype)
     sizes = {1, 2, 3}
     for base in (64, 128, 256, 384, 512):
         sizes |= {base - 1, base, base + 1}
     for key in ("mr", "nr", "mc", "kc"):
-        v = int(bs.get(key, 0))
+        v = bs[key]
         if 1 < v <= 600:
             sizes |= {v - 1, v, v + 1, 2 * v + 1}
     return sorted(s for s in sizes if 1 <= s <= 600)
@@ -110,8 +115,8 @@ def test_both_sides_of_the_unpacked_width(isa, dtype):
     # more and they take the packed path. Both sides, at row counts that
     # split into unequal tiles, k around KC, every transpose, and B row
     # strides that are a multiple of 2 KiB (8 float32 panels of 64) or not.
-    bs = _core.config().get(f"gemm_blocking_{np.dtype(dtype).name}", {})
-    mr, nr, kc = int(bs.get("mr", 4)), int(bs.get("nr", 8)), int(bs.get("kc", 256))
+    bs = _blocking(dtype)
+    mr, nr, kc = bs["mr"], bs["nr"], bs["kc"]
     rng = np.random.default_rng(28)
     cycle = itertools.cycle(ALPHA_BETA)
     trans = itertools.cycle(TRANS)
@@ -132,9 +137,8 @@ def test_packing_orders(isa, dtype, threads, restore_threads):
     # groups of panels, many groups wide in one ic block, with a partial last
     # panel. Every transpose pairs with each shape; all are over 8 panels
     # wide, so none takes the small-product path.
-    bs = _core.config().get(f"gemm_blocking_{np.dtype(dtype).name}", {})
-    mr, nr = int(bs.get("mr", 4)), int(bs.get("nr", 8))
-    kc, mc = int(bs.get("kc", 256)), int(bs.get("mc", 128))
+    bs = _blocking(dtype)
+    mr, nr, kc, mc = bs["mr"], bs["nr"], bs["kc"], bs["mc"]
     rng = np.random.default_rng(29)
     cycle = itertools.cycle(ALPHA_BETA)
     _core.set_num_threads(threads)
@@ -154,8 +158,8 @@ def test_one_vector_last_panel(isa, dtype, threads, restore_threads):
     # whole pairs, a pair and a single panel, a pair whose second panel is
     # one row, and several pairs with partial rows; k over one and two KC
     # blocks (the second adds to C). Nine panels wide: the packed path.
-    bs = _core.config().get(f"gemm_blocking_{np.dtype(dtype).name}", {})
-    mr, nr, kc = int(bs.get("mr", 4)), int(bs.get("nr", 8)), int(bs.get("kc", 256))
+    bs = _blocking(dtype)
+    mr, nr, kc = bs["mr"], bs["nr"], bs["kc"]
     rng = np.random.default_rng(31)
     cycle = itertools.cycle(ALPHA_BETA)
     trans = itertools.cycle(TRANS)
