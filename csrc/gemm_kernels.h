@@ -367,22 +367,20 @@ template <class C, typename T = typename C::T>
 int64_t pair_panels(int64_t kc, const T* pa, int64_t rows, const T* pb, T* c, int64_t ldc,
                     T alpha, T beta, const T* bias, int64_t n_cur) {
   constexpr int64_t MR = C::MR;
+  if (n_cur > C::VL) return 0;
   int64_t ir = 0;
-  if constexpr (C::NV > 1) {
-    if (n_cur > C::VL) return 0;
-    for (; ir + MR < rows; ir += 2 * MR) {
-      const T* bias_ir = bias != nullptr ? bias + ir : nullptr;
-      const int64_t m_cur = min64(2 * MR, rows - ir);
-      if constexpr (kVecBytes >= 32) {
-        if (2 * n_cur <= C::VL) {
-          micro_kernel_pair<C, kVecBytes / 2>(kc, pa + ir * kc, pb, c + ir * ldc, ldc, alpha,
-                                              beta, bias_ir, m_cur, n_cur);
-          continue;
-        }
+  for (; ir + MR < rows; ir += 2 * MR) {
+    const T* bias_ir = bias != nullptr ? bias + ir : nullptr;
+    const int64_t m_cur = min64(2 * MR, rows - ir);
+    if constexpr (kVecBytes >= 32) {
+      if (2 * n_cur <= C::VL) {
+        micro_kernel_pair<C, kVecBytes / 2>(kc, pa + ir * kc, pb, c + ir * ldc, ldc, alpha, beta,
+                                            bias_ir, m_cur, n_cur);
+        continue;
       }
-      micro_kernel_pair<C, kVecBytes>(kc, pa + ir * kc, pb, c + ir * ldc, ldc, alpha, beta,
-                                      bias_ir, m_cur, n_cur);
     }
+    micro_kernel_pair<C, kVecBytes>(kc, pa + ir * kc, pb, c + ir * ldc, ldc, alpha, beta,
+                                    bias_ir, m_cur, n_cur);
   }
   return ir;
 }
