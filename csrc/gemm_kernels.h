@@ -201,19 +201,27 @@ inline void store_tile(const V (&acc)[MU][NU], T* __restrict c, int64_t ldc, T a
 // else together at a[p * lda + i], as in a packed panel) against NU vectors
 // of B at b + p * ldb (aligned loads when kAligned: a packed panel). Rows
 // from kHi on are read at a + a_hi instead (row kHi + i at a[a_hi + p * lda
-// + i]): the second of two packed panels. Always inlined, so a packed
-// kernel's strides (MR, NU * VL) stay constants.
+// + i]): the second of two packed panels. With a tail (VT narrower than V,
+// acc_t given), each row also sums one VT vector of B at b + NU * VL into
+// acc_t[i][0], broadcasting the same element: NU vectors and a fraction of
+// one more. Always inlined, so a packed kernel's strides (MR, NU * VL) stay
+// constants.
 template <int NU, int MU, int VL, bool kRowsA, bool kAligned, int kHi = MU, typename T,
-          typename V>
+          typename V, typename VT = V>
 __attribute__((always_inline)) inline void tile_sum(V (&acc)[MU][NU], int64_t kc,
                                                     const T* __restrict a, int64_t lda,
                                                     const T* __restrict b, int64_t ldb,
-                                                    int64_t a_hi = 0) {
+                                                    int64_t a_hi = 0,
+                                                    VT (*acc_t)[1] = nullptr) {
   using VU = typename VecOf<T, sizeof(V)>::VU;
+  using VTU = typename VecOf<T, sizeof(VT)>::VU;
+  constexpr bool kTail = sizeof(VT) < sizeof(V);
 #pragma GCC unroll 32
-  for (int i = 0; i < MU; ++i)
+  for (int i = 0; i < MU; ++i) {
 #pragma GCC unroll 8
     for (int j = 0; j < NU; ++j) acc[i][j] = V{};
+    if constexpr (kTail) acc_t[i][0] = VT{};
+  }
 #pragma GCC unroll 4
   for (int64_t p = 0; p < kc; ++p) {
     V bv[NU];
@@ -221,11 +229,18 @@ __attribute__((always_inline)) inline void tile_sum(V (&acc)[MU][NU], int64_t kc
     for (int j = 0; j < NU; ++j)
       bv[j] = kAligned ? *reinterpret_cast<const V*>(b + j * VL)
                        : V(*reinterpret_cast<const VU*>(b + j * VL));
+    VT bt{};
+    if constexpr (kTail) bt = VT(*reinterpret_cast<const VTU*>(b + NU * VL));
 #pragma GCC unroll 32
     for (int i = 0; i < MU; ++i) {
       const V av = splat<V>(kRowsA ? a[i * lda + p] : i < kHi ? a[i] : a[a_hi + i - kHi]);
 #pragma GCC unroll 8
       for (int j = 0; j < NU; ++j) acc[i][j] += av * bv[j];
+      if constexpr (kTail) {
+        VT at;  // av's low lanes: the register's narrower view, no instruction
+        __builtin_memcpy(&at, &av, sizeof at);
+        acc_t[i][0] += at * bt;
+      }
     }
     if (!kRowsA) a += lda;
     b += ldb;
@@ -260,20 +275,51 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
 // row i at a + i * lda, one pointer per row stepping along k) or transposed
 // (its MU elements of step p together at a + p * lda). A stride multiplied in
 // the loop instead cost GCC spills of the row pointers.
-template <class C, int NU, int MU, bool kRowsA, typename T = typename C::T>
+// Vectors of kBytes (the tile in half vectors: kBytes = kVecBytes / 2); with
+// kTail, NU full vectors and a half vector (micro_kernel_unpacked_fit).
+template <class C, int NU, int MU, bool kRowsA, int kBytes = kVecBytes, bool kTail = false,
+          typename T = typename C::T>
 inline void micro_kernel_unpacked(int64_t kc, const T* __restrict a, int64_t lda,
                                   const T* __restrict b, int64_t ldb, T* __restrict c,
                                   int64_t ldc, T alpha, T beta, const T* bias, int64_t n_cur) {
-  using V = typename VecOf<T>::V;
-  constexpr int VL = C::VL;
+  using V = typename VecOf<T, kBytes>::V;
+  constexpr int VL = kBytes / static_cast<int>(sizeof(T));
   prefetch_tile<NU, VL>(c, ldc, MU);
   V acc[MU][NU];
-  tile_sum<NU, MU, VL, kRowsA, false>(acc, kc, a, lda, b, ldb);
-  store_tile<NU, MU, VL>(acc, c, ldc, alpha, beta, bias, MU, n_cur);
+  if constexpr (kTail) {
+    using VT = typename VecOf<T, kBytes / 2>::V;
+    VT acc_t[MU][1];
+    tile_sum<NU, MU, VL, kRowsA, false>(acc, kc, a, lda, b, ldb, 0, acc_t);
+    store_tile<NU, MU, VL>(acc, c, ldc, alpha, beta, bias, MU, NU * VL);
+    store_tile<1, MU, VL / 2>(acc_t, c + NU * VL, ldc, alpha, beta, bias, MU, n_cur - NU * VL);
+  } else {
+    tile_sum<NU, MU, VL, kRowsA, false>(acc, kc, a, lda, b, ldb);
+    store_tile<NU, MU, VL>(acc, c, ldc, alpha, beta, bias, MU, n_cur);
+  }
 }
 
+// Whether a tile of MU rows and NU vectors runs its last vector as half of
+// one (a tail) where half covers it: on AVX2, whose 128-bit FMA is one
+// micro-op on Zen 1 and a 256-bit one two (Intel's cores issue either as
+// one: nothing lost there). 100 x 10 x 100 on Zen 1: 19.1 -> 22.1 GFLOP/s
+// (np/pc 0.91 -> 1.04). Each element is the same chain of FMAs in k order,
+// so the bits do not change; the B panel of such a tile ends mid-vector and
+// is always packed, so the half vector reads padding, never past B. Not on
+// AVX-512: on the Xeons it serves a 256-bit FMA costs what a 512-bit one
+// does, and the tails' kernels made that unit 39% larger and minutes slower
+// to compile (Zen 4, whose 512-bit FMAs are two micro-ops, would gain; not
+// measured). Not in the packed path: its one-vector last panels run in pairs
+// (pair_panels), and a tail on the wider ones would save a sliver of the
+// products that reach it (d's n = 729 = 45 x 16 + 9: some 0.5% of the time).
+// The tail's accumulators and B vector must fit the 16 registers.
+template <class C, int NU, int MU>
+constexpr bool kHalfTail = kVecBytes == 32 && MU * NU + NU + 1 <= 16;
+
 // micro_kernel_unpacked with the fewest vectors that cover n_cur columns and
-// exactly m_cur rows (A is read in place: no padded rows to read).
+// exactly m_cur rows (A is read in place: no padded rows to read), the last
+// vector halved where half covers it (kHalfTail): on AVX2, affine2's float32
+// 100 x 10 x 100 runs 8 + 4 columns, not 8 + 8, and 4 columns run in 128-bit
+// vectors.
 template <class C, bool kRowsA, int NU = C::NV, int MU = C::MR, typename T = typename C::T>
 inline void micro_kernel_unpacked_fit(int64_t kc, const T* a, int64_t lda, const T* b,
                                       int64_t ldb, T* c, int64_t ldc, T alpha, T beta,
@@ -289,6 +335,17 @@ inline void micro_kernel_unpacked_fit(int64_t kc, const T* a, int64_t lda, const
     if (m_cur < MU) {
       micro_kernel_unpacked_fit<C, kRowsA, NU, MU - 1>(kc, a, lda, b, ldb, c, ldc, alpha, beta,
                                                        bias, m_cur, n_cur);
+      return;
+    }
+  }
+  if constexpr (kHalfTail<C, NU, MU>) {
+    if (n_cur <= (NU - 1) * C::VL + C::VL / 2) {
+      if constexpr (NU == 1)
+        micro_kernel_unpacked<C, 1, MU, kRowsA, kVecBytes / 2>(kc, a, lda, b, ldb, c, ldc, alpha,
+                                                               beta, bias, n_cur);
+      else
+        micro_kernel_unpacked<C, NU - 1, MU, kRowsA, kVecBytes, true>(kc, a, lda, b, ldb, c, ldc,
+                                                                      alpha, beta, bias, n_cur);
       return;
     }
   }

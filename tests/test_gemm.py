@@ -173,6 +173,30 @@ def test_one_vector_last_panel(isa, dtype, threads, restore_threads):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_small_product_half_vector_tails(isa, dtype, restore_threads):
+    # Small products (one thread, A read in place) run a last vector that
+    # half a vector covers as half of one, where the ISA has half vectors: a
+    # tile of full vectors and a half one, or all of half vectors. Every
+    # width 1..2 NR (every count of full vectors, with each tail width and
+    # without), against every row count of a tile (the row tiles are equal:
+    # m = 1..MR, then several tiles of unequal rows, as affine2's 100 rows
+    # on MR = 6 make), k short and across KC (the second block adds to C);
+    # every transpose (B^T is packed, so is a B that ends mid-vector).
+    bs = _blocking(dtype)
+    mr, nr, kc = bs["mr"], bs["nr"], bs["kc"]
+    rng = np.random.default_rng(32)
+    cycle = itertools.cycle(ALPHA_BETA)
+    trans = itertools.cycle(TRANS)
+    _core.set_num_threads(1)
+    for n in range(1, 2 * nr + 1):
+        for m in (*range(1, mr + 1), 2 * mr + 1, 17 * mr - 2):
+            ta, tb = next(trans)
+            alpha, beta = next(cycle)
+            k = kc + 3 if (n + m) % 4 == 0 else 10
+            _check_gemm(rng, m, n, k, dtype, ta, tb, alpha, beta)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_small_products_with_b_transposed(isa, dtype):
     # A (m x k) times B^T with both row-major along k, m <= 64, n below one
     # vector and k from a few vectors up: the AVX-512 path computes these
