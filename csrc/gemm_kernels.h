@@ -283,19 +283,15 @@ inline void micro_kernel_unpacked(int64_t kc, const T* __restrict a, int64_t lda
                                   const T* __restrict b, int64_t ldb, T* __restrict c,
                                   int64_t ldc, T alpha, T beta, const T* bias, int64_t n_cur) {
   using V = typename VecOf<T, kBytes>::V;
+  using VT = typename VecOf<T, kTail ? kBytes / 2 : kBytes>::V;  // V: no tail
   constexpr int VL = kBytes / static_cast<int>(sizeof(T));
   prefetch_tile<NU, VL>(c, ldc, MU);
   V acc[MU][NU];
-  if constexpr (kTail) {
-    using VT = typename VecOf<T, kBytes / 2>::V;
-    VT acc_t[MU][1];
-    tile_sum<NU, MU, VL, kRowsA, false>(acc, kc, a, lda, b, ldb, 0, acc_t);
-    store_tile<NU, MU, VL>(acc, c, ldc, alpha, beta, bias, MU, NU * VL);
+  VT acc_t[MU][1];
+  tile_sum<NU, MU, VL, kRowsA, false>(acc, kc, a, lda, b, ldb, 0, kTail ? acc_t : nullptr);
+  store_tile<NU, MU, VL>(acc, c, ldc, alpha, beta, bias, MU, kTail ? NU * VL : n_cur);
+  if constexpr (kTail)
     store_tile<1, MU, VL / 2>(acc_t, c + NU * VL, ldc, alpha, beta, bias, MU, n_cur - NU * VL);
-  } else {
-    tile_sum<NU, MU, VL, kRowsA, false>(acc, kc, a, lda, b, ldb);
-    store_tile<NU, MU, VL>(acc, c, ldc, alpha, beta, bias, MU, n_cur);
-  }
 }
 
 // Whether a tile of MU rows and NU vectors runs its last vector as half of
