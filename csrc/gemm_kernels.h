@@ -70,8 +70,9 @@ template <> struct Blocking<float> {
   using Wide = Cfg<float, 6, 4, 128, 144, 4096>;   // 6x64: 24 accumulators + 4 B vectors
   using Narrow = Cfg<float, 12, 2, 256, 144, 4096>;  // 12x32: 24 + 2
   // Direct convolution (conv_direct): 6 pixels x 64 filters; KC taps of
-  // the packed weights (KC x 64, 256 KiB) stay in L2 while the pixels stream
-  // past (d's dx, 6400 taps unblocked: 109 GFLOP/s; blocks <= 1600: 138).
+  // the packed weights (KC x 64, 256 KiB) stay in L2 while a group of tiles
+  // passes (d's dx, 6400 taps unblocked: 109 GFLOP/s; blocks <= 1600, swept
+  // by all tiles: 138; groups of kDirectGroup tiles: not yet measured).
   using Direct = Cfg<float, 6, 4, 1024, 0, 0>;
 };
 template <> struct Blocking<double> {
@@ -83,9 +84,15 @@ template <> struct Blocking<double> {
 template <> struct Blocking<float> {  // 6x16: 12 accumulators + 2 B vectors
   using Wide = Cfg<float, 6, 2, 256, 144, 4096>;
   using Narrow = Wide;
-  // Direct convolution: 6 pixels x 16 filters (12 of the 16 ymm registers
-  // accumulate); KC x 16 filters = 64 KiB of packed weights per sum block.
-  using Direct = Cfg<float, 6, 2, 1024, 0, 0>;
+  // Direct convolution: 3 pixels x 32 filters (oneDNN's AVX2 tile: 12
+  // accumulators, 3 broadcasts live, one filter vector at a time; 3
+  // broadcasts + 4 loads per 12 FMAs); KC x 32 filters = 64 KiB of packed
+  // weights per sum block. Against 6 x 16 with 1024-tap blocks (1 thread,
+  // alternating processes, torch/pyconv in each, Zen 1): e's forward
+  // 0.93-0.96 -> 1.01-1.02, c's 1.07 -> 1.09, a's fwd+bwd 4.98 -> 5.13, d
+  // unchanged (0.90-0.91). Not on AVX-512, whose 6 x 64 tile keeps 4 filter
+  // vectors and 24 accumulators in its 32 registers.
+  using Direct = Cfg<float, 3, 4, 512, 0, 0>;
 };
 template <> struct Blocking<double> {  // 6x8
   using Wide = Cfg<double, 6, 2, 256, 96, 2048>;
@@ -124,6 +131,14 @@ template <> struct Blocking<double> {  // 4x4
 // of their use: half the smallest L2 these blockings meet (256 KiB, Intel's
 // Haswell to Skylake client cores), so the panels wait in L2.
 constexpr int64_t kPackedBAheadBytes = 128 * 1024;
+
+// Tiles of the direct convolution that run each KC block of the sum before
+// the next block (direct_tiles): the block is read from memory once per
+// group and from cache by the group's other tiles, which re-reads a panel of
+// weights once per 16 tiles (AVX2: 128 bytes per tap against 16 x 12 FMAs).
+// Their accumulators wait between blocks on the stack: 16 x 1.5 KiB at most
+// (AVX-512's 6 x 64 float tile).
+constexpr int64_t kDirectGroup = 16;
 
 // GCC/Clang vector extensions: the compiler maps them to the widest registers
 // of this translation unit's ISA (or, with Bytes, to a narrower register),
@@ -1629,11 +1644,15 @@ struct DirectJob {
 
 // One tile over sum steps [0, kc) of its panel block w, and its store: rows
 // [0, m_cur) of the tile, filters [0, f_cur) of the panel (out, bias at the
-// panel's first filter and the tile's first row).
+// panel's first filter and the tile's first row). A sum split into blocks
+// carries the tile's accumulators from block to block: they start from
+// carry_in (zero if null) and, with carry_out, go there as they are instead
+// of to out, so each element is one FMA chain in k order whatever the blocks.
 template <class C, int NU, typename T = typename C::T>
 inline void direct_tile(int64_t kc, const std::int32_t* __restrict idx, const T* __restrict w,
-                        const T* const* px, const T* bias, bool accumulate, bool transposed,
-                        T* out, int64_t ldo, int64_t m_cur, int64_t f_cur) {
+                        const T* const* px, const T* carry_in, T* carry_out, const T* bias,
+                        bool accumulate, bool transposed, T* out, int64_t ldo, int64_t m_cur,
+                        int64_t f_cur) {
   using V = typename TransposeVec<T>::V;
   using Z = MaskedVec<T>;
   constexpr int MR = C::MR, L = Z::L;
@@ -1646,20 +1665,43 @@ inline void direct_tile(int64_t kc, const std::int32_t* __restrict idx, const T*
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
-    for (int j = 0; j < NU; ++j) acc[i][j] = V{};
+    for (int j = 0; j < NU; ++j)
+      acc[i][j] = carry_in != nullptr ? reinterpret_cast<const V*>(carry_in)[i * NU + j] : V{};
 #pragma GCC unroll 4
   for (int64_t k = 0; k < kc; ++k) {
     const int64_t d = idx[k];
-    V wv[NU];
-#pragma GCC unroll 8
-    for (int j = 0; j < NU; ++j) wv[j] = *reinterpret_cast<const V*>(w + j * L);
+    // Registers: MR * NU accumulators and either all NU filter vectors and
+    // one broadcast, or all MR broadcasts and one filter vector (AVX2's 3 x 4
+    // tile: 12 + 3 + 1 of 16; 12 + 4 + 1 would spill).
+    if constexpr (MR < NU) {
+      V xv[MR];
 #pragma GCC unroll 32
-    for (int i = 0; i < MR; ++i) {
-      const V xv = splat<V>(px[i][d]);
+      for (int i = 0; i < MR; ++i) xv[i] = splat<V>(px[i][d]);
 #pragma GCC unroll 8
-      for (int j = 0; j < NU; ++j) acc[i][j] += xv * wv[j];
+      for (int j = 0; j < NU; ++j) {
+        const V wv = *reinterpret_cast<const V*>(w + j * L);
+#pragma GCC unroll 32
+        for (int i = 0; i < MR; ++i) acc[i][j] += xv[i] * wv;
+      }
+    } else {
+      V wv[NU];
+#pragma GCC unroll 8
+      for (int j = 0; j < NU; ++j) wv[j] = *reinterpret_cast<const V*>(w + j * L);
+#pragma GCC unroll 32
+      for (int i = 0; i < MR; ++i) {
+        const V xv = splat<V>(px[i][d]);
+#pragma GCC unroll 8
+        for (int j = 0; j < NU; ++j) acc[i][j] += xv * wv[j];
+      }
     }
     w += NU * L;
+  }
+  if (carry_out != nullptr) {
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < NU; ++j) reinterpret_cast<V*>(carry_out)[i * NU + j] = acc[i][j];
+    return;
   }
   if (!transposed) {  // row i of the tile is row i of out, filters along it
 #pragma GCC unroll 32
@@ -1717,24 +1759,33 @@ void pack_direct(const T* a, int64_t f, int64_t k, T* dst) {
 
 // Tiles [t0, t1) of one panel of filters [f0, f0 + f_cur), NU vectors wide.
 // The sum runs in equal blocks of <= KC steps, so that the panel's block
-// stays in L2 while every tile passes; blocks after the first add to out.
+// stays in cache while a group of kDirectGroup tiles passes; the group's
+// accumulators wait in `carry` (on the stack) between blocks, and only the
+// last block stores to out.
 template <class C, int NU, typename T = typename C::T>
 void direct_tiles(const DirectJob<T>& J, const T* panel, int64_t f0, int64_t f_cur, int64_t t0,
                   int64_t t1) {
-  constexpr int64_t MR = C::MR, KC = C::KC;
+  constexpr int64_t MR = C::MR, KC = C::KC, kGroup = kDirectGroup;
   const int64_t nr = panel_width<C>(f_cur);
   const int64_t kb = ceil_div(J.n_idx, ceil_div(J.n_idx, KC));
-  for (int64_t k0 = 0; k0 < J.n_idx; k0 += kb) {
-    const int64_t kc = min64(kb, J.n_idx - k0);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r0 = t * MR, m_cur = min64(MR, J.n_rows - r0);
-      const T* px[MR];
-      for (int64_t i = 0; i < MR; ++i)  // rows past the end repeat the first
-        px[i] = J.xp + J.rows[i < m_cur ? r0 + i : r0];
-      T* out = J.transposed ? J.out + f0 * J.ldo + r0 : J.out + r0 * J.ldo + f0;
-      const T* bias = k0 == 0 && J.bias != nullptr ? J.bias + f0 : nullptr;
-      direct_tile<C, NU>(kc, J.idx + k0, panel + k0 * nr, px, bias, J.accumulate || k0 > 0,
-                         J.transposed, out, J.ldo, m_cur, f_cur);
+  const T* bias = J.bias != nullptr ? J.bias + f0 : nullptr;
+  alignas(64) T carry[kGroup][MR * NU * C::VL];
+  for (int64_t g0 = t0; g0 < t1; g0 += kGroup) {
+    const int64_t g1 = min64(t1, g0 + kGroup);
+    for (int64_t k0 = 0; k0 < J.n_idx; k0 += kb) {
+      const int64_t kc = min64(kb, J.n_idx - k0);
+      const bool last = k0 + kc == J.n_idx;
+      for (int64_t t = g0; t < g1; ++t) {
+        const int64_t r0 = t * MR, m_cur = min64(MR, J.n_rows - r0);
+        const T* px[MR];
+        for (int64_t i = 0; i < MR; ++i)  // rows past the end repeat the first
+          px[i] = J.xp + J.rows[i < m_cur ? r0 + i : r0];
+        T* out = J.transposed ? J.out + f0 * J.ldo + r0 : J.out + r0 * J.ldo + f0;
+        T* slot = carry[t - g0];
+        direct_tile<C, NU>(kc, J.idx + k0, panel + k0 * nr, px, k0 > 0 ? slot : nullptr,
+                           last ? nullptr : slot, bias, J.accumulate, J.transposed, out, J.ldo,
+                           m_cur, f_cur);
+      }
     }
   }
 }

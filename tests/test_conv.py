@@ -184,13 +184,15 @@ def test_dx_as_convolution(isa, case, dtype, nthreads, restore_threads):
 # The direct kernels on AVX-512 and AVX2 (vectors along filters, inputs
 # broadcast from the padded image): the forward of layers with >= 256 taps
 # (C*KH*KW), dx_conv's convolution of dout when F*KH*KW >= 256 too (the second
-# field), and every padded layer's weight gradient (tiles of 6 taps); on AVX2
-# in float32 only. The cases reach their edges on both ISAs: filters past the
-# last whole panel (64 or 16 float32 filters a panel; 1-3 vectors, partial
-# last vector), tiles of pixels spanning output rows, partial last tiles of
-# pixels and of taps, a single output pixel, stride 2, an even and a
-# non-square kernel, over 1024 taps or pixels (the sum in blocks, added into y
-# or dW), and N = 1, where 2 threads split one image's tiles.
+# field), and every padded layer's weight gradient (tiles of 6 taps, 3 on
+# AVX2); on AVX2 in float32 only. The cases reach their edges on both ISAs:
+# filters past the last whole panel (64 or 32 float32 filters a panel; 1-4
+# vectors, partial last vector), tiles of pixels spanning output rows, partial
+# last tiles of pixels and of taps, a single output pixel, stride 2, an even
+# and a non-square kernel, sums over 512 (AVX2) or 1024 taps or pixels (in
+# blocks, the accumulators carried from block to block), more tiles than a
+# group of 16 (a partial last group), and N = 1, where 2 threads split one
+# image's tiles.
 DIRECT_CASES = [
     (ConvCase(2, 2, 40, 30, 5, 3, 3, 1, 1), False),  # 1200 pixels: dW's sum in 2 blocks
     (ConvCase(2, 32, 7, 9, 70, 3, 3, 1, 1), True),  # F = 64 + 6; 63 pixels, 7 a row
@@ -201,6 +203,8 @@ DIRECT_CASES = [
     (ConvCase(2, 70, 5, 6, 9, 2, 2, 1, 1), False),  # even kernel
     (ConvCase(2, 40, 6, 7, 20, 3, 5, 1, 2), False),  # KH != KW: dx by col2im
     (ConvCase(2, 16, 8, 8, 7, 5, 5, 1, 4), False),  # pad = K - 1: tiles read the border
+    # 1080 taps in blocks; 100 pixels: 17 or 34 tiles, groups of 16 and a partial one
+    (ConvCase(1, 120, 10, 10, 20, 3, 3, 1, 1), False),
 ]
 
 
