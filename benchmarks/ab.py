@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-Key = tuple  # (bench, case, pass, dtype, threads)
+from pyconv import bench  # its report grouping; the builds compared run in subprocesses
 
 
 def check_build(path: Path) -> None:
@@ -62,15 +62,13 @@ def run_once(path: Path, bench_args: list[str]) -> list[dict]:
         return json.loads(report.read_text())["results"]
 
 
-def by_case(results: list[dict]) -> dict[Key, dict[str, float]]:
-    """{case key: {impl: median seconds}} of one report (quiet rows only)."""
-    table: dict[Key, dict[str, float]] = {}
-    for r in results:
-        if r.get("load", "quiet") != "quiet":
-            continue
-        key = (r["bench"], r["case"], r["pass"], r["dtype"], r["threads"])
-        table.setdefault(key, {})[r["impl"]] = r["median_s"]
-    return table
+def by_case(results: list[dict]) -> dict[tuple, dict[str, float]]:
+    """{(bench, case, pass, dtype, threads): {impl: median seconds}}, quiet rows only."""
+    return {
+        key[:5]: {impl: r["median_s"] for impl, r in impls.items()}
+        for key, impls in bench.group_by_case(results).items()
+        if key[5] == "quiet"
+    }
 
 
 def summarize(rounds: list[tuple[dict, dict]]) -> list[str]:

@@ -982,7 +982,9 @@ def self_test(torch=None, rng: np.random.Generator | None = None) -> list[str]:
 # reporting
 
 
-def _group(results: list[dict]) -> dict:
+def group_by_case(results: list[dict]) -> dict:
+    """{(bench, case, pass, dtype, threads, load): {impl: record}} of a report's
+    results (load is "quiet" where the record has none)."""
     rows: dict = {}
     for r in results:
         key = (r["bench"], r["case"], r["pass"], r["dtype"], r["threads"], r.get("load", "quiet"))
@@ -998,7 +1000,7 @@ def format_table(results: list[dict]) -> str:
         f"{'np/pc':>6} {'torch/pc':>8} {'check':>5}"
     )
     lines = [head, "-" * len(head)]
-    for (bench, case, mode, dtype, nt, load), impls in _group(results).items():
+    for (bench, case, mode, dtype, nt, load), impls in group_by_case(results).items():
         pc, npy, th = impls.get("pyconv"), impls.get("numpy"), impls.get("torch")
 
         def ms(r):
