@@ -1553,7 +1553,11 @@ bool use_small(const Problem<T>& P, int nthreads) {
 // where a B panel would be mostly padding: 64 x 1 x 4096 ran 4x the speed of
 // gemm_small, 8 x 8 x 200 1.14x. From one vector on, gemm_small (B^T packed
 // by transposes, A read in place) is faster: 30 x 25 x 576 (the MNIST weight
-// gradient, this path's first use) 1.15x, 64 x 27 x 1024 1.25x.
+// gradient, this path's first use) 1.15x, 64 x 27 x 1024 1.25x (Xeon). Not
+// on a Zen 4, whose zmm FMAs run at half the Xeon's rate, so the 32 columns
+// computed for 25 weigh more: this path for n < 2 vectors there, float32,
+// 1 thread, 30 x 25 x 576 16.4 -> 11.8 us (NumPy 10-11), 64 x 27 x 1024 47
+// -> 39 us. Kept to n < 1 vector until the Xeon times the same build.
 // A 4 x 4 block of C keeps 16 vector accumulators along k; one register
 // transpose (transpose_stage) then turns their lanes into 16 sums.
 constexpr int kNtBlock = 4;
