@@ -41,14 +41,14 @@ using std::int64_t;
 // A configuration: MR x NR is the register block (MR broadcasts of A times
 // NV = NR/VL vectors of B: MR*NV accumulators). KC: the KC x NR micro-panel of
 // B stays in L1 (32 KiB of the 48 KiB L1d of both machines tuned on, a Zen 5
-// and a Xeon family 6 model 167; on a Zen 4, whose L1d is 32 KiB, KC 96
-// measured slower, float32 2048^2 102.6 -> 98.8 GFLOP/s on 1 thread, 200 ->
-// 173 on 2) while the ir loop streams A. MC: the MC x KC
-// block of A (72 KiB float32) stays in L2 (1 MiB a core on the Zen 5, 2 MiB
-// on the Xeon). NC: the KC x NC block of B stays in L2/L3. Wide is the
-// workhorse; Narrow (NR halved, MR doubled) serves products whose n would
-// leave most of a wide panel as padding (conv weight gradients with 25-30
-// columns, say).
+// and a Xeon family 6 model 167) while the ir loop streams A. On a Zen 4 the
+// panel fills the whole 32 KiB L1d, and still KC 96 measured slower there
+// (float32 2048^2: 102.6 -> 98.8 GFLOP/s on 1 thread, 200 -> 173 on 2). MC:
+// the MC x KC block of A (72 KiB float32) stays in L2 (1 MiB a core on the
+// Zen 5, 2 MiB on the Xeon). NC: the KC x NC block of B stays in L2/L3.
+// Wide is the workhorse; Narrow (NR halved, MR doubled) serves products whose
+// n would leave most of a wide panel as padding (conv weight gradients with
+// 25-30 columns, say).
 #if defined(PYCONV_ISA_AVX512)
 constexpr int kVecBytes = 64;  // 32 zmm registers
 #elif defined(PYCONV_ISA_AVX2)
