@@ -974,8 +974,10 @@ inline void copy_run(const T* __restrict src, int64_t stride, int64_t n, T* __re
   using Z = Zmm<T>;
   constexpr int L = Z::L;
   if (stride == 1) {
-    for (; q + L <= n; q += L) Z::store(d + q, Z::load(src + q));
-    if (q < n) Z::store(d + q, Z::mask(n - q), Z::load(src + q));
+    // Every store masked (store_n), not whole vectors then a masked tail: GCC
+    // turned that whole-vector loop into a memmove call (9% of a's forward on
+    // a Zen 4, on runs of 24 floats).
+    for (; q < n; q += L) Z::store_n(d + q, Z::load(src + q), n - q);
     return;
   }
   if (stride == 2) {
