@@ -108,12 +108,19 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   // where the ISA has one and the layer has enough taps (C*KH*KW): each tile
   // of 6 pixels x 64 filters ends with register transposes and 64 masked
   // stores, which cost as much as ~40 taps. Forward, float32, 1 thread, ms,
-  // GEMM path / direct: 144 taps (64,16,32,32,64,3,1,1) 8.8 / 9.7; 288
-  // (32,32,32,32,64,3,1,1) 8.6-8.8 / 8.4-8.5; 360 10.7-10.8 / 10.0-10.6;
-  // 400 (16,16,27,27,64,5,1,2) 4.5-4.7 / 3.4-3.6; c (576) 51-53 / 44-46.
-  // AVX2 (float32 only, 6 x 16 tiles), GEMM path / direct: 288 taps forward
+  // GEMM path / direct, on the Xeon: 144 taps (64,16,32,32,64,3,1,1) 8.8 /
+  // 9.7; 288 (32,32,32,32,64,3,1,1) 8.6-8.8 / 8.4-8.5; 360 10.7-10.8 /
+  // 10.0-10.6; 400 (16,16,27,27,64,5,1,2) 4.5-4.7 / 3.4-3.6; c (576) 51-53 /
+  // 44-46. Its AVX2 path (float32 only, then 6 x 16 tiles): 288 taps forward
   // 13.0-13.7 / 10.8-11.2, backward 28.9-31.5 / 23.0-23.7; 400 taps forward
-  // 6.5-6.6 / 5.1-5.5, backward 18.1-18.8 / 10.8-11.4.
+  // 6.5-6.6 / 5.1-5.5, backward 18.1-18.8 / 10.8-11.4. On a Zen 4 (three
+  // alternations, benchmarks/results/2026-12-07-zen4-direct-threshold.txt)
+  // the crossover is 216-288 taps on AVX-512 (216: 18.9-19.5 / 19.1-19.3,
+  // 288: 12.5-12.7 / 12.1-12.2) and 288-400 on AVX2's 3 x 32 tiles (288:
+  // 13.5-13.8 / 14.0-14.2, GEMM 3% ahead; 400: 7.0-7.9 / 6.3-6.4); dx with
+  // 144 taps (F = 16) keeps GEMM on both. One threshold for both ISAs: the
+  // one AVX2 case between the measured crossovers differs by 3% here and by
+  // 17% the other way on the Xeon.
   constexpr std::int64_t kDirectMinTaps = 256;
   auto direct_ok = [&](const Conv2dShape& c) {
     return g.conv_direct != nullptr && c.col_rows() >= kDirectMinTaps;
