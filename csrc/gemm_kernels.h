@@ -1554,74 +1554,160 @@ bool use_small(const Problem<T>& P, int nthreads) {
 }
 
 #if defined(PYCONV_ISA_AVX512)
-// ---- Small products with B transposed, without packing -----------------------
+// ---- Small products with B transposed, as dot products ----------------------
 // C = alpha * A * B^T + beta * C where A (m x k) and B^T (n x k) are both
 // row-major along k: each C element is a dot product of two contiguous rows.
-// For products fewer than one vector wide (a matrix times a few vectors),
-// where a B panel would be mostly padding: 64 x 1 x 4096 ran 4x the speed of
-// gemm_small, 8 x 8 x 200 1.14x. From one vector on, gemm_small (B^T packed
-// by transposes, A read in place) is faster: 30 x 25 x 576 (the MNIST weight
-// gradient, this path's first use) 1.15x, 64 x 27 x 1024 1.25x (Xeon). Not
-// on a Zen 4, whose zmm FMAs run at half the Xeon's rate, so the 32 columns
-// computed for 25 weigh more: this path for n < 2 vectors there, float32,
-// 1 thread, 30 x 25 x 576 16.4 -> 11.8 us (NumPy 10-11), 64 x 27 x 1024 47
-// -> 39 us. Kept to n < 1 vector until the Xeon times the same build.
-// A 4 x 4 block of C keeps 16 vector accumulators along k; one register
-// transpose (transpose_stage) then turns their lanes into 16 sums.
-constexpr int kNtBlock = 4;
+// Neither operand is packed (gemm_small transposes B^T into panels: 20% of
+// a 30 x 25 x 576 call) and no column is padded to whole vectors (its 25
+// columns ran as 32 there). A block of RB x CB <= 5 x 5 elements keeps one
+// vector accumulator per element along k: 25 + 5 vectors of A + 1 of B, 31
+// of the 32 registers. Rows and columns go in equal blocks (30 = 6 x 5, 27 =
+// 3 x 5 + 3 x 4), so no lane of the sum is wasted on padding; a k that ends
+// mid-vector ends with masked loads. At the end of a block lane_sums turns
+// each group of L accumulators into one vector of their L sums.
+constexpr int kNtMax = 5;
 
+// Lane q of the result = the sum of r[q]'s lanes, for q < N (r[N..L) are
+// not read). It is the register transpose of transpose_vectors with each
+// pair added as soon as its stage is done: stage b swaps bit b of the row
+// with bit b of the lane, and no later stage touches row bit b, so rows r
+// and r | b can be summed there instead of after all stages. L/2 + L/4 + ...
+// shuffles pairs: 30 shuffles and 15 additions for 16 sums, where the whole
+// transpose and its 15 additions took 64 shuffles.
+template <typename T, int N, int Bit = 1>
+__attribute__((always_inline)) inline typename TransposeVec<T>::V lane_sums(
+    typename TransposeVec<T>::V* r) {
+  using V = typename TransposeVec<T>::V;
+  constexpr int L = TransposeVec<T>::L;
+  if constexpr (Bit >= L) {
+    return r[0];
+  } else {
+    constexpr auto lanes = std::make_index_sequence<L>{};
+    const typename TransposeVec<T>::M ma = low_mask<T, Bit>(lanes),
+                                      mb = high_mask<T, Bit>(lanes);
+    // Rows live at multiples of Bit; row j (j < N) pairs with row j + Bit.
+#pragma GCC unroll 16
+    for (int j = 0; j < N; j += 2 * Bit) {
+      const V x = r[j], y = j + Bit < N ? r[j + Bit] : V{};
+      r[j] = __builtin_shuffle(x, y, ma) + __builtin_shuffle(x, y, mb);
+    }
+    return lane_sums<T, N, 2 * Bit>(r);
+  }
+}
+
+template <typename T, int RB, int CB>
+inline void nt_block(const Problem<T>& P, int64_t i0, int64_t j0) {
+  using V = typename TransposeVec<T>::V;
+  using Z = Zmm<T>;
+  constexpr int L = TransposeVec<T>::L, N = RB * CB, G = (N + L - 1) / L;
+  const int64_t k = P.k, kv = k / L * L;
+  const T* a[RB];
+  const T* b[CB];
+#pragma GCC unroll 32
+  for (int r = 0; r < RB; ++r) a[r] = P.a.data + (i0 + r) * P.a.rs;
+#pragma GCC unroll 32
+  for (int c = 0; c < CB; ++c) b[c] = P.b.data + (j0 + c) * P.b.cs;
+  V acc[G * L];
+#pragma GCC unroll 32
+  for (int q = 0; q < N; ++q) acc[q] = V{};
+  for (int64_t p = 0; p < kv; p += L) {
+    V av[RB];
+#pragma GCC unroll 32
+    for (int r = 0; r < RB; ++r) av[r] = *reinterpret_cast<const V*>(a[r] + p);
+#pragma GCC unroll 32
+    for (int c = 0; c < CB; ++c) {
+      const V bv = *reinterpret_cast<const V*>(b[c] + p);
+#pragma GCC unroll 32
+      for (int r = 0; r < RB; ++r) acc[r * CB + c] += av[r] * bv;
+    }
+  }
+  if (kv < k) {  // the k % L tail: masked loads, zeros past the rows' ends
+    const typename Z::K km = Z::mask(k - kv);
+    V av[RB];
+#pragma GCC unroll 32
+    for (int r = 0; r < RB; ++r) av[r] = reinterpret_cast<V>(Z::load(km, a[r] + kv));
+#pragma GCC unroll 32
+    for (int c = 0; c < CB; ++c) {
+      const V bv = reinterpret_cast<V>(Z::load(km, b[c] + kv));
+#pragma GCC unroll 32
+      for (int r = 0; r < RB; ++r) acc[r * CB + c] += av[r] * bv;
+    }
+  }
+  alignas(64) T sum[G * L];
+#pragma GCC unroll 32
+  for (int g = 0; g < G; ++g) {
+    constexpr int last = N - (G - 1) * L;
+    *reinterpret_cast<V*>(sum + g * L) =
+        g + 1 < G ? lane_sums<T, L>(acc + g * L) : lane_sums<T, last>(acc + g * L);
+  }
+#pragma GCC unroll 32
+  for (int r = 0; r < RB; ++r) {
+    T* cp = P.c + (i0 + r) * P.ldc + j0;
+    if (P.beta == T(0))
+#pragma GCC unroll 32
+      for (int c = 0; c < CB; ++c) cp[c] = P.alpha * sum[r * CB + c];
+    else
+#pragma GCC unroll 32
+      for (int c = 0; c < CB; ++c) cp[c] = P.alpha * sum[r * CB + c] + P.beta * cp[c];
+  }
+}
+
+// nt_block with exactly rb x cb elements (1 <= rb, cb <= kNtMax).
+template <typename T, int RB = kNtMax, int CB = kNtMax>
+inline void nt_block_fit(const Problem<T>& P, int64_t i0, int64_t rb, int64_t j0, int64_t cb) {
+  if constexpr (RB > 1) {
+    if (rb < RB) {
+      nt_block_fit<T, RB - 1, CB>(P, i0, rb, j0, cb);
+      return;
+    }
+  }
+  if constexpr (CB > 1) {
+    if (cb < CB) {
+      nt_block_fit<T, RB, CB - 1>(P, i0, rb, j0, cb);
+      return;
+    }
+  }
+  nt_block<T, RB, CB>(P, i0, j0);
+}
+
+// The dot-product blocks instead of gemm_small where a cost model, in
+// vector FMAs, says they are cheaper. The blocks: one FMA per element and
+// vector of k, plus ~4 for lane_sums and the scalar store; 1.15x that where
+// A's 5 rows (k elements each) outgrow L1 and each column block re-reads
+// them from L2. gemm_small: the columns padded to whole vectors (25 -> 32),
+// plus ~0.8 per element of B^T for its transposes. Fitted on a Zen 4, 1
+// thread, dot / packed speed, float32 (float64): 30 x 25 x 576 1.54 (1.44),
+// 64 x 27 x 1024 1.43 (1.31), 200 x 27 x 576 1.18 (1.20), 30 x 16 x 576
+// 1.22, 64 x 27 x 256 1.10, 1000 x 10 x 400 1.54, 64 x 1 x 4096 6.2 (2.7);
+// the packed path ahead: 64 x 27 x 64 0.82 (0.98), 100 x 100 x 100 0.71
+// (0.86), 64 x 64 x 1024 1.00 (0.85), 128 x 64 x 512 0.99. The model picks
+// the faster of the two on each but float64 30 x 8 x 576 (dot 7% ahead).
+// Serial products of at most 2^22 multiply-adds; the packed path takes
+// larger ones and those run on threads.
 template <typename T>
-bool use_nt_small(const Problem<T>& P) {
+bool use_nt_small(const Problem<T>& P, int nthreads) {
   constexpr int64_t L = TransposeVec<T>::L;
   const bool plain = P.packer == nullptr && P.a_packer == nullptr && P.packed_a == nullptr &&
-                     P.row_bias == nullptr;
-  return plain && P.a.cs == 1 && P.b.rs == 1 && P.m <= 64 && P.n < L && P.k >= 4 * L &&
-         P.m * P.n * P.k <= (int64_t(1) << 22);
+                     P.row_bias == nullptr && P.a.cs == 1 && P.b.rs == 1;
+  const double m = static_cast<double>(P.m), n = static_cast<double>(P.n),
+               k = static_cast<double>(P.k);
+  if (!plain || nthreads > 1 || m * n * k > 4194304.0) return false;
+  const bool a_in_l1 = P.n <= kNtMax || P.k * static_cast<int64_t>(sizeof(T)) <= 4096;
+  const double dot = m * n * static_cast<double>(ceil_div(P.k, L) + 4) * (a_in_l1 ? 1.0 : 1.15);
+  const double packed = m * static_cast<double>(ceil_div(P.n, L) * L) * k / L + 0.8 * n * k;
+  return dot < packed;
 }
 
 template <typename T>
 void gemm_nt_small(const Problem<T>& P) {
-  using V = typename TransposeVec<T>::V;
-  constexpr int L = TransposeVec<T>::L, B = kNtBlock;
-  constexpr int kGroups = B * B / L;  // transposes per block: 1 (float), 2 (double)
-  const int64_t m = P.m, n = P.n, k = P.k, kv = k / L * L;
-  for (int64_t i0 = 0; i0 < m; i0 += B)
-    for (int64_t j0 = 0; j0 < n; j0 += B) {
-      // Rows past the edge repeat the last row; their sums are not stored.
-      const T* a[B];
-      const T* b[B];
-      for (int r = 0; r < B; ++r) a[r] = P.a.data + min64(i0 + r, m - 1) * P.a.rs;
-      for (int c = 0; c < B; ++c) b[c] = P.b.data + min64(j0 + c, n - 1) * P.b.cs;
-      V acc[B * B];
-      for (int q = 0; q < B * B; ++q) acc[q] = V{};
-      for (int64_t p = 0; p < kv; p += L) {
-        V av[B], bv[B];
-        for (int r = 0; r < B; ++r) av[r] = *reinterpret_cast<const V*>(a[r] + p);
-        for (int c = 0; c < B; ++c) bv[c] = *reinterpret_cast<const V*>(b[c] + p);
-        for (int r = 0; r < B; ++r)
-          for (int c = 0; c < B; ++c) acc[r * B + c] += av[r] * bv[c];
-      }
-      // Lane sums: transposing each group of L accumulators puts lane l of
-      // accumulator q at row l, column q; adding the rows sums every q at once.
-      alignas(64) T sum[B * B];
-      for (int g = 0; g < kGroups; ++g) {
-        V* r = acc + g * L;
-        transpose_vectors<T>(r);
-        V total = r[0];
-        for (int l = 1; l < L; ++l) total += r[l];
-        *reinterpret_cast<V*>(sum + g * L) = total;
-      }
-      for (int64_t p = kv; p < k; ++p)  // the k % L tail
-        for (int r = 0; r < B; ++r)
-          for (int c = 0; c < B; ++c) sum[r * B + c] += a[r][p] * b[c][p];
-      const int64_t rows = min64(B, m - i0), cols = min64(B, n - j0);
-      for (int64_t r = 0; r < rows; ++r) {
-        T* cp = P.c + (i0 + r) * P.ldc + j0;
-        for (int64_t c = 0; c < cols; ++c)
-          cp[c] = P.beta == T(0) ? P.alpha * sum[r * B + c]
-                                 : P.alpha * sum[r * B + c] + P.beta * cp[c];
-      }
+  const int64_t row_tiles = ceil_div(P.m, kNtMax), col_tiles = ceil_div(P.n, kNtMax);
+  for (int64_t t = 0; t < row_tiles; ++t) {
+    const int64_t i0 = P.m * t / row_tiles, rb = P.m * (t + 1) / row_tiles - i0;
+    for (int64_t u = 0; u < col_tiles; ++u) {
+      const int64_t j0 = P.n * u / col_tiles, cb = P.n * (u + 1) / col_tiles - j0;
+      nt_block_fit<T>(P, i0, rb, j0, cb);
     }
+  }
 }
 #endif
 
@@ -1902,7 +1988,7 @@ void run(int64_t m, int64_t n, int64_t k, T alpha, MatRef<T> a, MatRef<T> b, T b
   }
   const Problem<T> P{m, n, k, alpha, a, b, beta, c, ldc, packer, a_packer, packed_a, row_bias};
 #if defined(PYCONV_ISA_AVX512)
-  if (use_nt_small(P)) {  // serial: <= 2^23 flops, below the 2-thread threshold
+  if (use_nt_small(P, nthreads)) {
     gemm_nt_small(P);
     return;
   }

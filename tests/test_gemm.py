@@ -198,16 +198,21 @@ def test_small_product_half_vector_tails(isa, dtype, restore_threads):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_small_products_with_b_transposed(isa, dtype):
-    # A (m x k) times B^T with both row-major along k, m <= 64, n below one
-    # vector and k from a few vectors up: the AVX-512 path computes these
-    # without packing, in 4 x 4 blocks of C with a k % 16 (% 8) tail. Every
-    # m, n edge of a block, k with and without a tail; then wider ones (the
-    # conv weight-gradient shapes), which pack B^T for the unpacked-A path.
+    # A (m x k) times B^T with both row-major along k, computed as dot
+    # products on AVX-512 wherever its cost model prefers them to packing
+    # B^T: blocks of up to 5 x 5 elements, rows and columns in equal blocks,
+    # a k % 16 (% 8) tail by masked loads. Every block shape 1..5 x 1..5 and
+    # equal splits of 6..12 rows or columns, k a whole number of vectors,
+    # with a tail, and below one vector; then the conv weight-gradient shapes
+    # and the model's borderline cases (either path must give the product).
     rng = np.random.default_rng(27)
     cycle = itertools.cycle(ALPHA_BETA)
-    cases = [(m, n, k) for m in (1, 3, 4, 5, 8) for n in (1, 2, 4, 7) for k in (64, 79)]
+    cases = [(m, n, k) for m in (1, 2, 3, 4, 5, 8) for n in (1, 2, 3, 4, 5, 7) for k in (64, 79)]
+    cases += [(m, n, 300) for m in (6, 9, 11, 12) for n in (6, 10, 12)]
+    cases += [(5, 5, 5), (4, 3, 15), (1, 1, 1)]
     cases += [(25, 30, 576), (30, 25, 576), (27, 64, 1024), (64, 64, 1024), (64, 63, 1023),
-              (17, 33, 200), (64, 1, 4096)]
+              (17, 33, 200), (64, 1, 4096), (64, 27, 64), (64, 27, 128), (100, 100, 100),
+              (30, 8, 576), (200, 27, 576)]
     for m, n, k in cases:
         alpha, beta = next(cycle)
         _check_gemm(rng, m, n, k, dtype, False, True, alpha, beta)

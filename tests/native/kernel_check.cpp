@@ -82,7 +82,10 @@ void check_gemm(int threads) {
                                    {1, 40, 5},    {4, 5, 0},     {97, 131, 257},
                                    // B packed in several groups of panels in one ic block;
                                    // A over 2+ ic blocks with a partial panel, 2 pc blocks
-                                   {50, 517, 270}, {301, 37, 259}};
+                                   {50, 517, 270}, {301, 37, 259},
+                                   // B^T dot-product blocks (AVX-512): 6 x 5 blocks of
+                                   // 5 x 5; 5 + 4 rows by 4-5 columns with a k tail
+                                   {30, 25, 576}, {9, 23, 250}};
   const T nan = std::numeric_limits<T>::quiet_NaN();
   for (const auto& sz : sizes) {
     const std::int64_t m = sz[0], n = sz[1], k = sz[2], ldc = n + 3;
