@@ -622,7 +622,8 @@ void def_ops(py::module_& m) {
 }
 
 py::dict blocking_dict(const BlockSizes& b) {
-  return py::dict("mr"_a = b.mr, "nr"_a = b.nr, "kc"_a = b.kc, "mc"_a = b.mc, "nc"_a = b.nc);
+  return py::dict("mr"_a = b.mr, "nr"_a = b.nr, "kc"_a = b.kc, "mc"_a = b.mc, "nc"_a = b.nc,
+                  "small_panels"_a = b.small_panels);
 }
 
 py::dict config() {

@@ -25,6 +25,7 @@ struct BlockSizes {
   std::int64_t kc;      // k depth of a packed panel
   std::int64_t mc;      // rows of the packed A block
   std::int64_t nc;      // columns of the packed B block
+  std::int64_t small_panels;  // widest unpacked small product, in NR panels
 };
 
 // Packs panels of B on the fly instead of reading a strided matrix (im2col

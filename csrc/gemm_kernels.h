@@ -1535,19 +1535,30 @@ void gemm_small(const Problem<T>& P, T* work) {
 // gemm_small instead of the packed path: a plain product (A and B strided
 // matrices, A row-major or transposed) run on one thread, of at most
 // kSmallFlops (the packed path's fixed work pays above: at 1.4e7 flops the two
-// are level), at most 8 panels wide (A is re-read once per panel, and from 12
-// panels on, 60 x 768 x 64, the packed path was 9% faster in float32).
+// are level), at most kSmallPanels panels wide (A is re-read once per panel).
 // Measured on the Xeon, interleaved, small / packed speed: 100 x 10 x 100
 // 1.42, 6 x 64 x 128 1.52, 64^3 1.14, 25 x 576 x 30 (A^T) 1.09, 1000 x 30 x 25
 // 1.38, 30 x 64 x 2000 1.32; 64 x 1024 x 27, 128^3 0.98-1.02 (float64 1.0-1.5).
 template <typename T>
 constexpr double kSmallFlops = sizeof(T) == 4 ? 2.5e7 : 1.5e7;
 
+// The MNIST conv's 576 output pixels (30 x 576 x 25 forward, 25 x 576 x 30
+// A^T dx) are 9 wide panels in float32 and 18 in float64, on AVX-512. Zen 4,
+// 1 thread, np/pc in alternating processes, 8 panels -> these: float32 0.90
+// -> 1.00 and 0.89 -> 1.04 (10.1 -> 9.1 us), float64 0.87-0.89 -> 0.96 and
+// 0.87 -> 0.98. Wider was not better: float32 64 x 1024 x 27 (16 panels) 4%
+// slower, float64 64 x 1024 x 27 (32 panels) 6% slower; level (+-5%) at 16-18
+// panels on 100 x 1024 x 30, 300 x 1000 x 40 (float32), 64 x 512 x 64, 500 x
+// 576 x 20 (float64). An older Xeon build measured the packed path 9% faster
+// on 60 x 768 x 64 (12 float32 panels; the Zen 4 has it 5% slower).
+template <typename T>
+constexpr int64_t kSmallPanels = sizeof(T) == 4 ? 9 : 18;
+
 template <class C, typename T = typename C::T>
 bool use_small(const Problem<T>& P, int nthreads) {
   const bool plain = P.packer == nullptr && P.a_packer == nullptr && P.packed_a == nullptr &&
                      (P.a.cs == 1 || P.a.rs == 1);
-  return plain && nthreads <= 1 && ceil_div(P.n, C::NR) <= 8 &&
+  return plain && nthreads <= 1 && ceil_div(P.n, C::NR) <= kSmallPanels<T> &&
          2.0 * static_cast<double>(P.m) * static_cast<double>(P.n) *
                  static_cast<double>(P.k) <=
              kSmallFlops<T>;
@@ -2051,7 +2062,7 @@ double fma_probe(int64_t iters, T* sink) {
 template <typename T>
 BlockSizes block_sizes() {  // the wide configuration's (reported by config())
   using W = typename Blocking<T>::Wide;
-  return {W::MR, W::NR, W::KC, W::MC, W::NC};
+  return {W::MR, W::NR, W::KC, W::MC, W::NC, kSmallPanels<T>};
 }
 
 }  // namespace

@@ -60,7 +60,8 @@ def _check_gemm(rng, m, n, k, dtype, trans_a, trans_b, alpha, beta, *, functiona
 
 
 def _blocking(dtype) -> dict[str, int]:
-    """The active GEMM path's block sizes for dtype (mr, nr, kc, mc, nc)."""
+    """The active GEMM path's block sizes for dtype (mr, nr, kc, mc, nc) and
+    the widest small product read in place, in nr panels (small_panels)."""
     return {k: int(v) for k, v in _core.config()[f"gemm_blocking_{np.dtype(dtype).name}"].items()}
 
 
@@ -110,17 +111,17 @@ def test_block_edges(isa, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_both_sides_of_the_unpacked_width(isa, dtype):
-    # Small products at most 8 NR-wide panels wide run with A read in place
-    # (and B where its rows are contiguous and do not alias in L1); one column
-    # more and they take the packed path. Both sides, at row counts that
+    # Small products at most small_panels NR-wide panels wide run with A read
+    # in place (and B where its rows are contiguous and do not alias in L1);
+    # one column more and they take the packed path. Both sides, at row counts that
     # split into unequal tiles, k around KC, every transpose, and B row
     # strides that are a multiple of 2 KiB (8 float32 panels of 64) or not.
     bs = _blocking(dtype)
-    mr, nr, kc = bs["mr"], bs["nr"], bs["kc"]
+    mr, nr, kc, wide = bs["mr"], bs["nr"], bs["kc"], bs["small_panels"] * bs["nr"]
     rng = np.random.default_rng(28)
     cycle = itertools.cycle(ALPHA_BETA)
     trans = itertools.cycle(TRANS)
-    for n in (8 * nr - 1, 8 * nr, 8 * nr + 1):
+    for n in (wide - 1, wide, wide + 1):
         for m, k in ((1, 1), (mr - 1, kc + 1), (mr + 1, kc - 1), (4 * mr + 1, 3), (29, 2 * kc)):
             alpha, beta = next(cycle)
             ta, tb = next(trans)
@@ -135,15 +136,16 @@ def test_packing_orders(isa, dtype, threads, restore_threads):
     # a partial last one, over several ic and pc blocks; a row-major A by
     # register transposes with k tails; a row-major B packed row by row in
     # groups of panels, many groups wide in one ic block, with a partial last
-    # panel. Every transpose pairs with each shape; all are over 8 panels
-    # wide, so none takes the small-product path.
+    # panel. Every transpose pairs with each shape; all are over
+    # small_panels panels wide, so none takes the small-product path.
     bs = _blocking(dtype)
     mr, nr, kc, mc = bs["mr"], bs["nr"], bs["kc"], bs["mc"]
+    over = bs["small_panels"] + 1
     rng = np.random.default_rng(29)
     cycle = itertools.cycle(ALPHA_BETA)
     _core.set_num_threads(threads)
-    for m, n, k in ((mc - 1, 40 * nr + 3, kc + 7), (2 * mc + mr + 1, 9 * nr + 1, kc + 3),
-                    (mc + 5, 9 * nr, kc - 3), (mr, 9 * nr + 1, 2 * kc + 5)):
+    for m, n, k in ((mc - 1, 40 * nr + 3, kc + 7), (2 * mc + mr + 1, over * nr + 1, kc + 3),
+                    (mc + 5, over * nr, kc - 3), (mr, over * nr + 1, 2 * kc + 5)):
         for ta, tb in TRANS:
             alpha, beta = next(cycle)
             _check_gemm(rng, m, n, k, dtype, ta, tb, alpha, beta)
@@ -157,9 +159,10 @@ def test_one_vector_last_panel(isa, dtype, threads, restore_threads):
     # (the wider ones take the usual kernels), against row counts that make
     # whole pairs, a pair and a single panel, a pair whose second panel is
     # one row, and several pairs with partial rows; k over one and two KC
-    # blocks (the second adds to C). Nine panels wide: the packed path.
+    # blocks (the second adds to C). small_panels + 1 panels wide: the
+    # packed path.
     bs = _blocking(dtype)
-    mr, nr, kc = bs["mr"], bs["nr"], bs["kc"]
+    mr, nr, kc, wide = bs["mr"], bs["nr"], bs["kc"], bs["small_panels"] * bs["nr"]
     rng = np.random.default_rng(31)
     cycle = itertools.cycle(ALPHA_BETA)
     trans = itertools.cycle(TRANS)
@@ -169,7 +172,7 @@ def test_one_vector_last_panel(isa, dtype, threads, restore_threads):
             ta, tb = next(trans)
             alpha, beta = next(cycle)
             k = kc + 5 if (t + m) % 3 == 0 else 37
-            _check_gemm(rng, m, 8 * nr + t, k, dtype, ta, tb, alpha, beta)
+            _check_gemm(rng, m, wide + t, k, dtype, ta, tb, alpha, beta)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
