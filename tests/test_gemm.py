@@ -113,15 +113,16 @@ def test_block_edges(isa, dtype):
 def test_both_sides_of_the_unpacked_width(isa, dtype):
     # Small products at most small_panels NR-wide panels wide run with A read
     # in place (and B where its rows are contiguous and do not alias in L1);
-    # one column more and they take the packed path. Both sides, at row counts that
-    # split into unequal tiles, k around KC, every transpose, and B row
-    # strides that are a multiple of 2 KiB (8 float32 panels of 64) or not.
+    # one column more and they take the packed path. Both sides, at row
+    # counts that split into unequal tiles, k around KC, every transpose; and
+    # B rows 2 KiB apart (512 float32 or 256 float64 columns, 8 wide panels
+    # on AVX-512), which the unpacked path packs, against strides that are not.
     bs = _blocking(dtype)
-    mr, nr, kc, wide = bs["mr"], bs["nr"], bs["kc"], bs["small_panels"] * bs["nr"]
+    mr, kc, wide = bs["mr"], bs["kc"], bs["small_panels"] * bs["nr"]
     rng = np.random.default_rng(28)
     cycle = itertools.cycle(ALPHA_BETA)
     trans = itertools.cycle(TRANS)
-    for n in (wide - 1, wide, wide + 1):
+    for n in (2048 // np.dtype(dtype).itemsize, wide - 1, wide, wide + 1):
         for m, k in ((1, 1), (mr - 1, kc + 1), (mr + 1, kc - 1), (4 * mr + 1, 3), (29, 2 * kc)):
             alpha, beta = next(cycle)
             ta, tb = next(trans)
