@@ -1621,28 +1621,23 @@ inline void nt_block(const Problem<T>& P, int64_t i0, int64_t j0) {
   V acc[G * L];
 #pragma GCC unroll 32
   for (int q = 0; q < N; ++q) acc[q] = V{};
-  for (int64_t p = 0; p < kv; p += L) {
+  // One vector of k at offset p, each row's vector read by load(row + p).
+  const auto step = [&](int64_t p, auto load) __attribute__((always_inline)) {
     V av[RB];
 #pragma GCC unroll 32
-    for (int r = 0; r < RB; ++r) av[r] = *reinterpret_cast<const V*>(a[r] + p);
+    for (int r = 0; r < RB; ++r) av[r] = load(a[r] + p);
 #pragma GCC unroll 32
     for (int c = 0; c < CB; ++c) {
-      const V bv = *reinterpret_cast<const V*>(b[c] + p);
+      const V bv = load(b[c] + p);
 #pragma GCC unroll 32
       for (int r = 0; r < RB; ++r) acc[r * CB + c] += av[r] * bv;
     }
-  }
+  };
+  for (int64_t p = 0; p < kv; p += L)
+    step(p, [](const T* x) { return *reinterpret_cast<const V*>(x); });
   if (kv < k) {  // the k % L tail: masked loads, zeros past the rows' ends
     const typename Z::K km = Z::mask(k - kv);
-    V av[RB];
-#pragma GCC unroll 32
-    for (int r = 0; r < RB; ++r) av[r] = reinterpret_cast<V>(Z::load(km, a[r] + kv));
-#pragma GCC unroll 32
-    for (int c = 0; c < CB; ++c) {
-      const V bv = reinterpret_cast<V>(Z::load(km, b[c] + kv));
-#pragma GCC unroll 32
-      for (int r = 0; r < RB; ++r) acc[r * CB + c] += av[r] * bv;
-    }
+    step(kv, [km](const T* x) { return reinterpret_cast<V>(Z::load(km, x)); });
   }
   alignas(64) T sum[G * L];
 #pragma GCC unroll 32
