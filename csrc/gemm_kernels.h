@@ -79,11 +79,22 @@ template <> struct Blocking<float> {
   // 0.94, fwd+bwd 0.92 -> 0.95, e's forward 1.19 -> 1.23; not yet timed on a
   // Xeon.
   using Direct = Cfg<float, 6, 4, 1024, 0, 0>;
+  // Widest small product read in place (use_small): the MNIST conv's 576
+  // output pixels, 9 wide panels here and 18 in float64. Zen 4, 1 thread,
+  // np/pc in alternating processes, 8 panels -> 9 / 18: 30 x 576 x 25 0.90
+  // -> 1.00 (float64 0.87 -> 0.96), 25 x 576 x 30 A^T 0.89 -> 1.04 (0.87 ->
+  // 0.98). Wider was not better: 64 x 1024 x 27 4% slower at 16 float32
+  // panels, 6% at 32 float64 ones; level (+-5%) at 16-18 panels on 100 x 1024
+  // x 30, 300 x 1000 x 40 (float32), 64 x 512 x 64, 500 x 576 x 20 (float64).
+  // An older Xeon build measured the packed path 9% faster on 60 x 768 x 64
+  // (12 float32 panels; the Zen 4 has it 5% slower).
+  static constexpr int64_t kSmallPanels = 9;
 };
 template <> struct Blocking<double> {
   using Wide = Cfg<double, 6, 4, 128, 144, 2048>;   // 6x32
   using Narrow = Cfg<double, 12, 2, 256, 144, 2048>;  // 12x16
   using Direct = Cfg<double, 6, 4, 1024, 0, 0>;       // 6x32, KC x 32 = 256 KiB
+  static constexpr int64_t kSmallPanels = 18;         // 576 columns: see float
 };
 #elif defined(PYCONV_ISA_AVX2)
 template <> struct Blocking<float> {  // 6x16: 12 accumulators + 2 B vectors
@@ -98,10 +109,12 @@ template <> struct Blocking<float> {  // 6x16: 12 accumulators + 2 B vectors
   // unchanged (0.90-0.91). Not on AVX-512, whose 6 x 64 tile keeps 4 filter
   // vectors and 24 accumulators in its 32 registers.
   using Direct = Cfg<float, 3, 4, 512, 0, 0>;
+  static constexpr int64_t kSmallPanels = 8;  // see use_small
 };
 template <> struct Blocking<double> {  // 6x8
   using Wide = Cfg<double, 6, 2, 256, 96, 2048>;
   using Narrow = Wide;
+  static constexpr int64_t kSmallPanels = 8;
   // No direct convolution in float64: its tile's pixels must fit one
   // vector's 4 lanes (the forward's transposed store), and the 4 x 8 tile
   // (8 accumulators) measured slower than the GEMM path on c, d, e's forward
@@ -116,19 +129,23 @@ template <> struct Blocking<double> {  // 6x8
 template <> struct Blocking<float> {  // 8x12: 24 accumulators + 3 B vectors
   using Wide = Cfg<float, 8, 3, 640, 120, 3072>;
   using Narrow = Wide;
+  static constexpr int64_t kSmallPanels = 8;
 };
 template <> struct Blocking<double> {  // 6x8: 24 accumulators + 4 B vectors
   using Wide = Cfg<double, 6, 4, 240, 120, 3072>;
   using Narrow = Wide;
+  static constexpr int64_t kSmallPanels = 8;
 };
 #else
 template <> struct Blocking<float> {  // 4x8: 8 accumulators + 2 B vectors
   using Wide = Cfg<float, 4, 2, 256, 128, 2048>;
   using Narrow = Wide;
+  static constexpr int64_t kSmallPanels = 8;
 };
 template <> struct Blocking<double> {  // 4x4
   using Wide = Cfg<double, 4, 2, 256, 64, 1024>;
   using Narrow = Wide;
+  static constexpr int64_t kSmallPanels = 8;
 };
 #endif
 
@@ -1535,30 +1552,21 @@ void gemm_small(const Problem<T>& P, T* work) {
 // gemm_small instead of the packed path: a plain product (A and B strided
 // matrices, A row-major or transposed) run on one thread, of at most
 // kSmallFlops (the packed path's fixed work pays above: at 1.4e7 flops the two
-// are level), at most kSmallPanels panels wide (A is re-read once per panel).
+// are level), at most Blocking<T>::kSmallPanels panels wide (A is re-read
+// once per panel; 8 where no wider limit was measured: from 12 panels on, 60
+// x 768 x 64, an older Xeon build had the packed path 9% faster in float32).
 // Measured on the Xeon, interleaved, small / packed speed: 100 x 10 x 100
 // 1.42, 6 x 64 x 128 1.52, 64^3 1.14, 25 x 576 x 30 (A^T) 1.09, 1000 x 30 x 25
 // 1.38, 30 x 64 x 2000 1.32; 64 x 1024 x 27, 128^3 0.98-1.02 (float64 1.0-1.5).
 template <typename T>
 constexpr double kSmallFlops = sizeof(T) == 4 ? 2.5e7 : 1.5e7;
 
-// The MNIST conv's 576 output pixels (30 x 576 x 25 forward, 25 x 576 x 30
-// A^T dx) are 9 wide panels in float32 and 18 in float64, on AVX-512. Zen 4,
-// 1 thread, np/pc in alternating processes, 8 panels -> these: float32 0.90
-// -> 1.00 and 0.89 -> 1.04 (10.1 -> 9.1 us), float64 0.87-0.89 -> 0.96 and
-// 0.87 -> 0.98. Wider was not better: float32 64 x 1024 x 27 (16 panels) 4%
-// slower, float64 64 x 1024 x 27 (32 panels) 6% slower; level (+-5%) at 16-18
-// panels on 100 x 1024 x 30, 300 x 1000 x 40 (float32), 64 x 512 x 64, 500 x
-// 576 x 20 (float64). An older Xeon build measured the packed path 9% faster
-// on 60 x 768 x 64 (12 float32 panels; the Zen 4 has it 5% slower).
-template <typename T>
-constexpr int64_t kSmallPanels = sizeof(T) == 4 ? 9 : 18;
 
 template <class C, typename T = typename C::T>
 bool use_small(const Problem<T>& P, int nthreads) {
   const bool plain = P.packer == nullptr && P.a_packer == nullptr && P.packed_a == nullptr &&
                      (P.a.cs == 1 || P.a.rs == 1);
-  return plain && nthreads <= 1 && ceil_div(P.n, C::NR) <= kSmallPanels<T> &&
+  return plain && nthreads <= 1 && ceil_div(P.n, C::NR) <= Blocking<T>::kSmallPanels &&
          2.0 * static_cast<double>(P.m) * static_cast<double>(P.n) *
                  static_cast<double>(P.k) <=
              kSmallFlops<T>;
@@ -2057,7 +2065,7 @@ double fma_probe(int64_t iters, T* sink) {
 template <typename T>
 BlockSizes block_sizes() {  // the wide configuration's (reported by config())
   using W = typename Blocking<T>::Wide;
-  return {W::MR, W::NR, W::KC, W::MC, W::NC, kSmallPanels<T>};
+  return {W::MR, W::NR, W::KC, W::MC, W::NC, Blocking<T>::kSmallPanels};
 }
 
 }  // namespace
