@@ -332,27 +332,36 @@ inline void micro_kernel_unpacked(int64_t kc, const T* __restrict a, int64_t lda
 }
 
 // Whether a tile of MU rows and NU vectors runs its last vector as half of
-// one (a tail) where half covers it: on AVX2, whose 128-bit FMA is one
-// micro-op on Zen 1 and a 256-bit one two (Intel's cores issue either as
-// one: nothing lost there). 100 x 10 x 100 on Zen 1: 19.1 -> 22.1 GFLOP/s
-// (np/pc 0.91 -> 1.04). Each element is the same chain of FMAs in k order,
-// so the bits do not change; the B panel of such a tile ends mid-vector and
-// is always packed, so the half vector reads padding, never past B. Not on
-// AVX-512: on the Xeons it serves a 256-bit FMA costs what a 512-bit one
-// does, and the tails' kernels made that unit 39% larger and minutes slower
-// to compile (Zen 4, whose 512-bit FMAs are two micro-ops, would gain; not
-// measured). Not in the packed path: its one-vector last panels run in pairs
-// (pair_panels), and a tail on the wider ones would save a sliver of the
-// products that reach it (d's n = 729 = 45 x 16 + 9: some 0.5% of the time).
-// The tail's accumulators and B vector must fit the 16 registers.
+// one (a tail) where half covers it. Each element is the same chain of FMAs
+// in k order, so the bits do not change; the B panel of such a tile ends
+// mid-vector and is always packed, so the half vector reads padding, never
+// past B.
+// - AVX2, where a 128-bit FMA is one micro-op on Zen 1 and a 256-bit one two
+//   (Intel's cores issue either as one: nothing lost there). 100 x 10 x 100
+//   on Zen 1: 19.1 -> 22.1 GFLOP/s (np/pc 0.91 -> 1.04). The tail's
+//   accumulators and B vector must fit the 16 registers.
+// - AVX-512 for tiles of one or two vectors, where the half saves a quarter
+//   to a half of the FMAs: Zen 4 runs a 512-bit FMA as two 256-bit ones
+//   (a Xeon issues either at one rate: no gain there; not timed). Zen 4, 1 thread,
+//   np/pc in alternating processes, float64: affine2's 100 x 10 x 100 (8 + 4
+//   columns) 0.77-0.83 -> 0.90-0.96, its A^T dW 0.64-0.73 -> 0.86-0.91, 30 x
+//   10 x 200 0.75-0.79 -> 0.87-0.93; float32 100 x 8 x 100 0.88-0.91 ->
+//   1.18-1.21, 60 x 20 x 128 0.74-0.79 -> 0.88-1.11. Wider tiles gain less
+//   and would add more kernels: these ones made the unit's code 23% larger
+//   (every NU of the narrow 12 x 2-vector configuration and NU <= 2 of the
+//   wide one; for all NU it was 39%). Not in the packed path: its one-vector
+//   last panels run in pairs (pair_panels), and a tail on the wider ones
+//   would save a sliver of the products that reach it (d's n = 729 = 45 x 16
+//   + 9: some 0.5% of the time).
 template <class C, int NU, int MU>
-constexpr bool kHalfTail = kVecBytes == 32 && MU * NU + NU + 1 <= 16;
+constexpr bool kHalfTail =
+    kVecBytes == 32 ? MU * NU + NU + 1 <= 16 : kVecBytes == 64 && NU <= 2;
 
 // micro_kernel_unpacked with the fewest vectors that cover n_cur columns and
 // exactly m_cur rows (A is read in place: no padded rows to read), the last
 // vector halved where half covers it (kHalfTail): on AVX2, affine2's float32
 // 100 x 10 x 100 runs 8 + 4 columns, not 8 + 8, and 4 columns run in 128-bit
-// vectors.
+// vectors; on AVX-512 its float64 twin runs 8 + 4 in a 512- and a 256-bit one.
 template <class C, bool kRowsA, int NU = C::NV, int MU = C::MR, typename T = typename C::T>
 inline void micro_kernel_unpacked_fit(int64_t kc, const T* a, int64_t lda, const T* b,
                                       int64_t ldb, T* c, int64_t ldc, T alpha, T beta,
