@@ -678,7 +678,7 @@ py::dict conv2d_plan_py(const std::string& dtype, int64_t n, int64_t c, int64_t 
                          dtype + "'");
   return py::dict("team"_a = p.team, "gemm_threads"_a = p.gemm_threads, "direct"_a = p.direct,
                   "padded"_a = p.padded, "dx_conv"_a = p.dx_conv, "fwd_direct"_a = p.fwd_direct,
-                  "dx_direct"_a = p.dx_direct, "dw_direct"_a = p.dw_direct,
+                  "dx_direct"_a = p.dx_direct, "dw_direct"_a = p.dw_direct, "dw_dot"_a = p.dw_dot,
                   "workspace_bytes"_a = p.bytes);
 }
 

@@ -131,14 +131,21 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   // (6 taps x 64 filters of dW^T) sum over the pixels and are stored as they
   // are, with no transpose, so few taps cost nothing extra. fwd+bwd, float32,
   // 1 thread, ms, before / after (forward and dx already direct where they
-  // apply): a 3.54 / 2.98, b 7.0 / 6.7, c 144-152 / 131, e 43-45 / 41.
-  p.dw_direct = backward && p.padded && g.wgrad_direct != nullptr;
+  // apply): a 3.54 / 2.98, b 7.0 / 6.7, c 144-152 / 131, e 43-45 / 41. On
+  // AVX-512, layers with few taps (a, b) take wgrad_dot instead, where its
+  // cost model says so: dot products over the pixels, dy read as it lies
+  // (no pack_direct), the taps not padded to whole tiles.
+  const std::int64_t dot_elems =
+      backward && p.padded && g.wgrad_dot_elems != nullptr ? g.wgrad_dot_elems(s) : 0;
+  p.dw_dot = dot_elems > 0;
+  p.dw_direct = backward && p.padded && !p.dw_dot && g.wgrad_direct != nullptr;
   // The tables: of s (forward or dW), then of dx_shape(s); int32 in T's units.
-  const std::int64_t tables = (p.fwd_direct || p.dw_direct ? direct_table_count(s) : 0) +
+  const bool s_tables = p.fwd_direct || p.dw_direct || p.dw_dot;
+  const std::int64_t tables = (s_tables ? direct_table_count(s) : 0) +
                               (p.dx_direct ? direct_table_count(sd) : 0);
   p.table_elems = (tables * 4 + static_cast<std::int64_t>(sizeof(T)) - 1) /
                   static_cast<std::int64_t>(sizeof(T));
-  p.dyt_elems = p.dw_direct ? g.direct_panels_elems(f, cols) : 0;
+  p.dyt_elems = p.dw_dot ? dot_elems : p.dw_direct ? g.direct_panels_elems(f, cols) : 0;
   // The weights' side of a product is the same for every image: it is packed
   // once per call (d's forward spent 3% of its time repacking w per image), as
   // GEMM A panels or the direct kernel's panels: w for the forward; for dx,
@@ -160,7 +167,7 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   // weight, transposed (ckk, f, cols), and dx's.
   std::int64_t ws = 0;
   if (!backward && !p.fwd_direct) ws = g.workspace(f, cols, ckk);
-  if (backward && !p.dw_direct) ws = g.workspace(ckk, f, cols);
+  if (backward && !p.dw_direct && !p.dw_dot) ws = g.workspace(ckk, f, cols);
   if (backward && !p.dx_direct) ws = std::max(ws, g.workspace(dx.m, dx.n, dx.k));
   p.gemm_elems = ws * p.gemm_threads;
   p.partial_elems = backward ? f * ckk + f : 0;
@@ -292,7 +299,9 @@ void backward_image(const GemmImpl<T>& g, const T* x_n, const T* pwx,
   const T* src = x_n;
   const Im2colPanels<T> panels = im2col_source(x_n, s, p.padded, xp);
   const PackA<T> a_packer{g.pack_im2col_a, &panels};
-  if (p.dw_direct) {
+  if (p.dw_dot) {
+    g.wgrad_dot(xp, s, dy_n, tables[0].taps, !first, dwt, dyt, p.gemm_threads);
+  } else if (p.dw_direct) {
     g.pack_direct(dy_n, f, cols, dyt);
     g.wgrad_direct(xp, s, dyt, tables[0].taps, tables[0].bases, !first, dwt, p.gemm_threads);
   } else {
@@ -378,7 +387,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
   const std::int64_t y_img = s.filters * s.col_cols();
   DirectTables tables[2] = {};  // of s (dW), of dx_shape(s) (dx)
   std::int32_t* tab = scratch.tables();
-  if (p.dw_direct) {
+  if (p.dw_direct || p.dw_dot) {
     tables[0] = direct_tables(s, tab);
     tab += direct_table_count(s);
   }

@@ -23,12 +23,13 @@ struct ConvPlan {
   bool fwd_direct;   // forward by GemmImpl::conv_direct (no im2col panels)
   bool dx_direct;    // dx_conv's convolution by conv_direct
   bool dw_direct;    // weight gradient by GemmImpl::wgrad_direct
+  bool dw_dot;       // weight gradient by GemmImpl::wgrad_dot (then dw_direct is false)
   std::int64_t table_elems;     // once per call: the direct kernels' tables (int32)
   std::int64_t flip_elems;      // once per call: that flipped kernel
   std::int64_t packed_w_elems;  // once per call: the weights' GEMM A panels (w, w^T or flipped)
   std::int64_t pad_elems;       // per team thread: the padded copy (x or dy)
   std::int64_t col_elems;       // per team thread
-  std::int64_t dyt_elems;       // per team thread: wgrad_direct's packed dy
+  std::int64_t dyt_elems;       // per team thread: wgrad_direct's packed dy, or wgrad_dot's table
   std::int64_t gemm_elems;      // per team thread: GEMM scratch of its GEMM threads
   std::int64_t partial_elems;   // per team thread: dW and db partial sums
   std::int64_t bytes;           // total scratch of the call

@@ -99,6 +99,14 @@ struct GemmImpl {
   void (*wgrad_direct)(const T* xp, const Conv2dShape& s, const T* pdy,
                        const std::int32_t* taps, const std::int32_t* bases, bool accumulate,
                        T* dwt, int nthreads);
+  //   wgrad_dot: the same weight gradient from dy as it lies (F x OH*OW), as
+  //     dot products over the pixels, with wgrad_dot_elems(s) elements of
+  //     scratch in work (64-byte aligned); wgrad_dot_elems is 0 for the
+  //     layers it does not take (not stride 1, narrow output rows, or slower
+  //     than wgrad_direct by its cost model). Both null where the ISA has none.
+  std::int64_t (*wgrad_dot_elems)(const Conv2dShape& s);
+  void (*wgrad_dot)(const T* xp, const Conv2dShape& s, const T* dy, const std::int32_t* taps,
+                    bool accumulate, T* dwt, T* work, int nthreads);
   // FMA throughput probe (benchmarks only): `iters` rounds of independent
   // vector multiply-adds; returns the flops done, adds a checksum to *sink.
   double (*fma_probe)(std::int64_t iters, T* sink);

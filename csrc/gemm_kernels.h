@@ -500,6 +500,8 @@ struct Zmm<float> {
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static V load(K k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
   static V expand(K k, const float* p) { return _mm512_maskz_expandloadu_ps(k, p); }
+  // v with lanes k loaded from p (the others kept; lanes outside k not read)
+  static V merge(V v, K k, const float* p) { return _mm512_mask_loadu_ps(v, k, p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static void store(float* p, K k, V v) { _mm512_mask_storeu_ps(p, k, v); }
   // The first n lanes (all for n >= L): one masked access, as cheap as a whole one.
@@ -536,6 +538,7 @@ struct Zmm<double> {
   static V load(const double* p) { return _mm512_loadu_pd(p); }
   static V load(K k, const double* p) { return _mm512_maskz_loadu_pd(k, p); }
   static V expand(K k, const double* p) { return _mm512_maskz_expandloadu_pd(k, p); }
+  static V merge(V v, K k, const double* p) { return _mm512_mask_loadu_pd(v, k, p); }
   static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
   static void store(double* p, K k, V v) { _mm512_mask_storeu_pd(p, k, v); }
   static V load_n(const double* p, int64_t n) { return load(mask(n), p); }
@@ -1581,6 +1584,28 @@ bool use_small(const Problem<T>& P, int nthreads) {
              kSmallFlops<T>;
 }
 
+// slice(u0, u1) for equal contiguous ranges of `units` (rows of tiles,
+// blocks of elements), one range per thread of a team of at most nthreads
+// and at most units: no barrier, no shared writes (see run_cfg).
+template <class F>
+void split_units(int64_t units, int nthreads, F&& slice) {
+  int64_t nt = nthreads < 1 ? 1 : nthreads;
+  if (nt > units) nt = units;
+#ifdef _OPENMP
+  if (nt > 1) {
+    TeamJoin join;
+#pragma omp parallel num_threads(nt)
+    {
+      const int64_t t = omp_get_thread_num(), team = omp_get_num_threads();
+      slice(units * t / team, units * (t + 1) / team);
+      join.arrive();
+    }
+    return;
+  }
+#endif
+  slice(0, units);
+}
+
 #if defined(PYCONV_ISA_AVX512)
 // ---- Small products with B transposed, as dot products ----------------------
 // C = alpha * A * B^T + beta * C where A (m x k) and B^T (n x k) are both
@@ -1623,6 +1648,21 @@ __attribute__((always_inline)) inline typename TransposeVec<T>::V lane_sums(
   }
 }
 
+// sum[q] = the sum of acc[q]'s lanes for q < N, by lane_sums on each group of
+// L accumulators (acc and sum hold whole groups; sum 64-byte aligned).
+template <typename T, int N>
+__attribute__((always_inline)) inline void block_sums(typename TransposeVec<T>::V* acc,
+                                                      T* sum) {
+  using V = typename TransposeVec<T>::V;
+  constexpr int L = TransposeVec<T>::L, G = (N + L - 1) / L;
+#pragma GCC unroll 32
+  for (int g = 0; g < G; ++g) {
+    constexpr int last = N - (G - 1) * L;
+    *reinterpret_cast<V*>(sum + g * L) =
+        g + 1 < G ? lane_sums<T, L>(acc + g * L) : lane_sums<T, last>(acc + g * L);
+  }
+}
+
 template <typename T, int RB, int CB>
 inline void nt_block(const Problem<T>& P, int64_t i0, int64_t j0) {
   using V = typename TransposeVec<T>::V;
@@ -1657,12 +1697,7 @@ inline void nt_block(const Problem<T>& P, int64_t i0, int64_t j0) {
     step(kv, [km](const T* x) { return reinterpret_cast<V>(Z::load(km, x)); });
   }
   alignas(64) T sum[G * L];
-#pragma GCC unroll 32
-  for (int g = 0; g < G; ++g) {
-    constexpr int last = N - (G - 1) * L;
-    *reinterpret_cast<V*>(sum + g * L) =
-        g + 1 < G ? lane_sums<T, L>(acc + g * L) : lane_sums<T, last>(acc + g * L);
-  }
+  block_sums<T, N>(acc, sum);
 #pragma GCC unroll 32
   for (int r = 0; r < RB; ++r) {
     T* cp = P.c + (i0 + r) * P.ldc + j0;
@@ -1731,6 +1766,179 @@ void gemm_nt_small(const Problem<T>& P) {
       nt_block_fit<T>(P, i0, rb, j0, cb);
     }
   }
+}
+
+// ---- Weight gradient as dot products over the pixels ------------------------
+// dwt[k * F + f] (+)= sum_q dy[f, q] * xp[taps[k] + base(q)] at stride 1,
+// base(q) = oh * WP + ow (wgrad_direct's sum, GemmImpl): each element of dW^T
+// is the dot product of a row of dy, contiguous, with a tap's window of the
+// padded image, contiguous along each output row. The sum runs over the
+// pixels in whole vectors across output rows: a vector of the window is a
+// masked load of the end of one output row merged with a masked load of the
+// start of the next (two rows at most while OW >= L - 1), so only the last
+// vector has lanes to spare (MNIST's 24-pixel rows: 576 pixels in 36 vectors,
+// where row by row they take 48). Blocks of up to 5 filters x 5 taps as in
+// nt_block: 25 accumulators, 5 vectors of dy, one of the window; lane_sums at
+// the end. dy is read as it lies: wgrad_direct's tiles need it transposed
+// into panels (pack_direct), and their 6 taps a tile pad 25 taps to 30.
+//
+// The vectors' offsets and masks are worked out once per image into a table
+// (DotVec, in the caller's scratch): kept in the block's loop they took
+// registers that its 10 row pointers needed, and GCC spilled those.
+struct DotVec {
+  std::int32_t o1, o2;  // lane l of a window vector at o1 + l (lanes m1) or o2 + l (m2)
+  std::uint32_t m1, m2;
+};
+
+template <typename T>
+int64_t dot_vecs(const Conv2dShape& s) {
+  return ceil_div(s.col_cols(), Zmm<T>::L);
+}
+
+template <typename T>
+void dot_table(const Conv2dShape& s, DotVec* tab) {
+  constexpr int64_t L = Zmm<T>::L;
+  const int64_t ow_n = s.out_w(), wp = s.width + 2 * s.pad, pixels = s.col_cols();
+  int64_t row = 0, ow = 0;  // the vector's first pixel: row = oh * WP
+  for (int64_t q = 0; q < pixels; q += L) {
+    const int64_t run = ow_n - ow;  // its pixels left in output row oh
+    const std::uint32_t lanes = Zmm<T>::mask(pixels - q), first = Zmm<T>::mask(run) & lanes;
+    *tab++ = {static_cast<std::int32_t>(row + ow), static_cast<std::int32_t>(row + wp - run),
+              first, lanes & ~first};
+    for (ow += L; ow >= ow_n; ow -= ow_n) row += wp;
+  }
+}
+
+template <typename T, int RB, int CB>
+inline void wgrad_dot_block(const T* xp, const Conv2dShape& s, const T* dy,
+                            const std::int32_t* taps, const DotVec* tab, bool accumulate,
+                            T* dwt, int64_t f0, int64_t k0) {
+  using V = typename TransposeVec<T>::V;
+  using Z = Zmm<T>;
+  using K = typename Z::K;
+  constexpr int L = Z::L, N = RB * CB, G = (N + L - 1) / L;
+  const int64_t pixels = s.col_cols(), vecs = ceil_div(pixels, L), whole = pixels / L;
+  const T* d = dy + f0 * pixels;
+  const T* x[CB];
+#pragma GCC unroll 32
+  for (int c = 0; c < CB; ++c) x[c] = xp + taps[k0 + c];
+  V acc[G * L];
+#pragma GCC unroll 32
+  for (int q = 0; q < N; ++q) acc[q] = V{};
+  // Vector v of the pixels: dy's rows by load_d(row's vector v), each tap's
+  // window by window(tap's origin in xp, v's DotVec).
+  const auto step = [&](int64_t v, auto load_d, auto window) __attribute__((always_inline)) {
+    const DotVec e = tab[v];
+    V dv[RB];
+#pragma GCC unroll 32
+    for (int r = 0; r < RB; ++r) dv[r] = load_d(d + r * pixels + v * L);
+#pragma GCC unroll 32
+    for (int c = 0; c < CB; ++c) {
+      const V xv = window(x[c], e);
+#pragma GCC unroll 32
+      for (int r = 0; r < RB; ++r) acc[r * CB + c] += dv[r] * xv;
+    }
+  };
+  const auto load = [](const T* p) { return reinterpret_cast<V>(Z::load(p)); };
+  const auto in_row = [](const T* t, const DotVec& e) {  // the vector within one output row
+    return reinterpret_cast<V>(Z::load(t + e.o1));
+  };
+  const auto two_rows = [](const T* t, const DotVec& e) {
+    return reinterpret_cast<V>(Z::merge(Z::load(static_cast<K>(e.m1), t + e.o1),
+                                        static_cast<K>(e.m2), t + e.o2));
+  };
+  for (int64_t v = 0; v < whole; ++v) {
+    if (tab[v].m2 == 0)
+      step(v, load, in_row);
+    else
+      step(v, load, two_rows);
+  }
+  if (whole < vecs) {  // the last vector: dy's lanes past the end read as zeros
+    const K lanes = Z::mask(pixels - whole * L);
+    step(whole, [lanes](const T* p) { return reinterpret_cast<V>(Z::load(lanes, p)); },
+         two_rows);
+  }
+  alignas(64) T sum[G * L];
+  block_sums<T, N>(acc, sum);
+#pragma GCC unroll 32
+  for (int c = 0; c < CB; ++c) {
+    T* o = dwt + (k0 + c) * s.filters + f0;
+#pragma GCC unroll 32
+    for (int r = 0; r < RB; ++r) o[r] = accumulate ? o[r] + sum[r * CB + c] : sum[r * CB + c];
+  }
+}
+
+// wgrad_dot_block with exactly rb x cb elements (1 <= rb, cb <= kNtMax).
+template <typename T, int RB = kNtMax, int CB = kNtMax>
+inline void wgrad_dot_fit(const T* xp, const Conv2dShape& s, const T* dy,
+                          const std::int32_t* taps, const DotVec* tab, bool accumulate, T* dwt,
+                          int64_t f0, int64_t rb, int64_t k0, int64_t cb) {
+  if constexpr (RB > 1) {
+    if (rb < RB) {
+      wgrad_dot_fit<T, RB - 1, CB>(xp, s, dy, taps, tab, accumulate, dwt, f0, rb, k0, cb);
+      return;
+    }
+  }
+  if constexpr (CB > 1) {
+    if (cb < CB) {
+      wgrad_dot_fit<T, RB, CB - 1>(xp, s, dy, taps, tab, accumulate, dwt, f0, rb, k0, cb);
+      return;
+    }
+  }
+  wgrad_dot_block<T, RB, CB>(xp, s, dy, taps, tab, accumulate, dwt, f0, k0);
+}
+
+// The scratch elements of T wgrad_dot needs for s (its DotVec table), or 0
+// where the plan keeps wgrad_direct: not stride 1, output rows under L - 1
+// pixels (a vector would span three), or costlier by a model in vector FMAs.
+// Direct: its tiles of MR taps x whole vectors of filters over every pixel,
+// plus ~1.2 per element of dy for pack_direct's transposes. Dot: one FMA per
+// element of dW and vector of pixels, plus ~4 for lane_sums and the store
+// (nt_block's), at 1.2 the cost of direct's: 10 loads a 25 FMAs (a window
+// vector across two rows takes two), where direct's tile broadcasts 6 and
+// loads 4 for 24, and a block's 5 rows of dy outgrow L1 on larger images
+// (32 KiB: 1640 float32 pixels).
+// Fitted on a Zen 4, backward of the layer, float32, 1 thread, ms, direct /
+// dot (the model's choice in bold): a 2.47-2.51 / **2.30**, b 6.53-6.60 /
+// **5.90** (float64 a 5.24 / **4.56**, b 12.2 / **11.6**); 144 taps, F = 64,
+// 32 x 32 (32,16,32,32,64,3,1,1) **11.97** / 12.31-12.33; 288 taps
+// (32,32,28,28,64,3,1,1) **17.5** / 19.3; c **135.7** / 141.6; level on
+// (8,16,64,64,32,3,1,1): **6.11-6.16** / 6.10-6.12.
+template <typename T>
+int64_t wgrad_dot_elems(const Conv2dShape& s) {
+  using C = typename Blocking<T>::Direct;
+  constexpr int64_t L = C::VL, MR = C::MR;
+  if (s.stride != 1 || s.out_w() < L - 1) return 0;
+  const double f = static_cast<double>(s.filters), k = static_cast<double>(s.col_rows()),
+               p = static_cast<double>(s.col_cols());
+  const double dot = 1.2 * f * k * static_cast<double>(dot_vecs<T>(s) + 4);
+  const double direct =
+      static_cast<double>(ceil_div(s.col_rows(), MR) * MR * ceil_div(s.filters, L)) * p +
+      1.2 * f * p;
+  if (dot >= direct) return 0;
+  return ceil_div(dot_vecs<T>(s) * static_cast<int64_t>(sizeof(DotVec)),
+                  static_cast<int64_t>(sizeof(T)));
+}
+
+// dwt (C*KH*KW x F) = or += col(xp) * dy^T by wgrad_dot_block, with
+// `nthreads` threads taking disjoint ranges of blocks (elements of dwt): the
+// bits do not depend on the thread count. work: wgrad_dot_elems(s) elements.
+template <typename T>
+void wgrad_dot(const T* xp, const Conv2dShape& s, const T* dy, const std::int32_t* taps,
+               bool accumulate, T* dwt, T* work, int nthreads) {
+  const int64_t f = s.filters, k = s.col_rows();
+  const int64_t fb = ceil_div(f, kNtMax), kb = ceil_div(k, kNtMax), blocks = fb * kb;
+  DotVec* tab = reinterpret_cast<DotVec*>(work);
+  dot_table<T>(s, tab);
+  auto slice = [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {  // filters outer: a block's dy rows stay in L1
+      const int64_t u = b / kb, v = b % kb;
+      const int64_t f0 = f * u / fb, k0 = k * v / kb;
+      wgrad_dot_fit<T>(xp, s, dy, taps, tab, accumulate, dwt, f0, f * (u + 1) / fb - f0, k0,
+                       k * (v + 1) / kb - k0);
+    }
+  };
+  split_units(blocks, nthreads, slice);
 }
 #endif
 
@@ -1934,21 +2142,7 @@ void direct_run(const DirectJob<T>& J, int nthreads) {
       panel += J.n_idx * panel_width<C>(f_cur);
     }
   };
-  int64_t nt = nthreads < 1 ? 1 : nthreads;
-  if (nt > tiles) nt = tiles;
-#ifdef _OPENMP
-  if (nt > 1) {
-    TeamJoin join;
-#pragma omp parallel num_threads(nt)
-    {
-      const int64_t t = omp_get_thread_num(), team = omp_get_num_threads();
-      slice(tiles * t / team, tiles * (t + 1) / team);
-      join.arrive();
-    }
-    return;
-  }
-#endif
-  slice(0, tiles);
+  split_units(tiles, nthreads, slice);
 }
 
 template <typename T>
@@ -2088,6 +2282,11 @@ GemmImpl<float> make_gemm_float() {
 #else
           nullptr, nullptr, nullptr, nullptr,
 #endif
+#if defined(PYCONV_ISA_AVX512)
+          &wgrad_dot_elems<float>, &wgrad_dot<float>,
+#else
+          nullptr, nullptr,
+#endif
           &fma_probe<float>};
 }
 GemmImpl<double> make_gemm_double() {
@@ -2096,8 +2295,9 @@ GemmImpl<double> make_gemm_double() {
           &pack_im2col<double>, &pack_im2col_a<double>, &col2im<double>,
 #if defined(PYCONV_ISA_AVX512)
           &direct_panels_elems<double>, &pack_direct<double>, &conv_direct<double>, &wgrad_direct<double>,
+          &wgrad_dot_elems<double>, &wgrad_dot<double>,
 #else  // on AVX2 a 4 x 8 float64 tile (8 accumulators) lost to the GEMM: see Blocking
-          nullptr, nullptr, nullptr, nullptr,
+          nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
 #endif
           &fma_probe<double>};
 }

@@ -1073,7 +1073,7 @@ def format_plans(results: list[dict]) -> str:
             f"  conv {r['case']} {r['pass']:<8} {r['dtype']:<8} {r['threads']}t: "
             f"team={plan.get('team')} gemm_threads={plan.get('gemm_threads')} "
             f"direct fwd/dx/dw={_yn(plan.get('fwd_direct'))}/{_yn(plan.get('dx_direct'))}/"
-            f"{_yn(plan.get('dw_direct'))} "
+            f"{'dot' if plan.get('dw_dot') else _yn(plan.get('dw_direct'))} "
             f"workspace={plan.get('workspace_bytes', 0) / 2**20:.2f} MiB"
         )
     return "\n".join(lines)

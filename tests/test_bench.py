@@ -52,6 +52,9 @@ def test_format_plans_names_each_direct_path():
                 "threads": 2, "plan": plan}]
     line = bench.format_plans(results)
     assert "direct fwd/dx/dw=n/y/y" in line and "workspace=3.00 MiB" in line, line
+    # The weight gradient as dot products (AVX-512) shows as "dot".
+    results[0]["plan"] = {**plan, "dw_direct": False, "dw_dot": True}
+    assert "direct fwd/dx/dw=n/y/dot" in bench.format_plans(results)
 
 
 class _FakeLoad:

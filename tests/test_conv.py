@@ -217,9 +217,53 @@ def test_direct_convolution(isa, case, dx_direct, dtype, nthreads, restore_threa
     direct = isa == "avx512" or (isa == "avx2" and np.dtype(dtype) == np.float32)
     assert forward["fwd_direct"] == (direct and case.c * case.fh * case.fw >= 256), forward
     assert backward["dx_direct"] == (direct and dx_direct), backward
-    assert backward["dw_direct"] == direct, backward
+    # The weight gradient: the direct tiles, or on AVX-512 the dot products
+    # where they apply (test_weight_gradient_as_dot_products), never both.
+    assert (backward["dw_direct"] or backward["dw_dot"]) == direct, backward
+    assert not (backward["dw_direct"] and backward["dw_dot"]), backward
     pyconv.set_num_threads(nthreads)
     _check_conv(case, dtype, seed=17, layer=True)
+
+
+# The weight gradient as dot products over the pixels (AVX-512, stride 1,
+# output rows of at least one vector less a lane, where its cost model puts it
+# ahead of the direct tiles): vectors of pixels spanning two output rows (a
+# masked load from each, merged), rows of exactly L - 1 pixels (a vector from
+# a row's last pixel takes all of the next row), rows of whole vectors, a last
+# vector with lanes to spare, filters and taps past whole 5 x 5 blocks (equal
+# splits: 7 = 4 + 3, 64 = 4 x 4 + 12 x 4...), the sum over the batch added
+# image by image, and N = 1 on 2 threads, where the threads split the blocks.
+DW_DOT_CASES = [
+    ConvCase(3, 1, 28, 28, 30, 5, 5, 1, 0),  # MNIST's first layer: 24-pixel rows
+    ConvCase(2, 3, 17, 20, 7, 3, 3, 1, 1),  # 20-pixel rows; 340 pixels: a partial last vector
+    ConvCase(1, 2, 9, 17, 6, 3, 3, 1, 0),  # 15-pixel rows: float32's L - 1
+    ConvCase(1, 4, 12, 16, 11, 3, 3, 1, 1),  # 16-pixel rows: whole vectors; 36 taps
+    ConvCase(1, 3, 10, 34, 64, 3, 3, 1, 1),  # b's filters and taps; 34-pixel rows
+    ConvCase(2, 2, 11, 9, 3, 2, 2, 1, 0),  # float64 only (8-pixel rows: L = 8)
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DW_DOT_CASES, ids=str)
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_weight_gradient_as_dot_products(isa, case, dtype, nthreads, restore_threads):
+    plan = _plan(case, dtype, nthreads)
+    lanes = 64 // np.dtype(dtype).itemsize
+    assert plan["dw_dot"] == (isa == "avx512" and case.out_hw[1] >= lanes - 1), plan
+    assert not (plan["dw_dot"] and plan["dw_direct"]), plan
+    pyconv.set_num_threads(nthreads)
+    _check_conv(case, dtype, seed=19, layer=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_gradient_dot_products_only_where_they_apply(dtype):
+    # Stride 2 reads every other pixel of a window (not contiguous), and rows
+    # of fewer than L - 1 pixels would put a vector across three rows; a
+    # layer with many taps and filters (c's) keeps the direct tiles, which its
+    # cost model puts ahead there.
+    for case in (ConvCase(2, 3, 20, 40, 8, 3, 3, 2, 1), ConvCase(1, 2, 9, 8, 6, 3, 3, 1, 0),
+                 ConvCase(1, 64, 56, 56, 64, 3, 3, 1, 1)):
+        assert not _plan(case, dtype)["dw_dot"], case
 
 
 # Where the convolution of dout does not apply, dx goes through col2im. At

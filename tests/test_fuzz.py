@@ -984,7 +984,7 @@ def test_fuzz_conv2d_plan(dtype, dims, backward, nthreads):
         return
     assert ex.valid, f"conv2d_plan accepted an invalid call\n{ex}"
     assert set(plan) == {"team", "gemm_threads", "direct", "padded", "dx_conv",
-                         "fwd_direct", "dx_direct", "dw_direct", "workspace_bytes"}
+                         "fwd_direct", "dx_direct", "dw_direct", "dw_dot", "workspace_bytes"}
     assert plan["team"] >= 1 and plan["gemm_threads"] >= 1
     assert plan["workspace_bytes"] >= 0
     assert backward or not plan["dx_conv"]  # a forward computes no dx
@@ -994,6 +994,7 @@ def test_fuzz_conv2d_plan(dtype, dims, backward, nthreads):
     assert not plan["fwd_direct"] or (plan["padded"] and not backward)
     assert not plan["dx_direct"] or plan["dx_conv"]
     assert not plan["dw_direct"] or (plan["padded"] and backward)
+    assert not plan["dw_dot"] or (plan["padded"] and backward and not plan["dw_direct"])
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None)

@@ -148,7 +148,11 @@ void check_conv(int threads) {
                         {1, 6, 12, 12, 9, 5, 5, 1, 2},  {2, 3, 13, 11, 4, 4, 2, 3, 1},
                         {2, 32, 10, 10, 20, 3, 3, 1, 1}, {3, 2, 6, 6, 70, 3, 3, 1, 0},
                         {1, 12, 9, 9, 8, 3, 3, 2, 1},   {2, 3, 12, 12, 4, 5, 5, 2, 1},
-                        {2, 2, 9, 9, 3, 3, 3, 2, 0}};
+                        {2, 2, 9, 9, 3, 3, 3, 2, 0},
+                        // AVX-512's weight gradient as dot products: rows of
+                        // 24, 20 (a partial last vector) and 15 (L - 1) pixels
+                        {2, 1, 28, 28, 30, 5, 5, 1, 0}, {2, 3, 17, 20, 7, 3, 3, 1, 1},
+                        {1, 2, 9, 17, 6, 3, 3, 1, 0}};
   for (const Case& q : cases) {
     const Conv2dShape s{q.n, q.c, q.h, q.w, q.f, q.kh, q.kw, q.stride, q.pad};
     const std::int64_t oh = s.out_h(), ow = s.out_w();
