@@ -68,8 +68,12 @@ void relu_forward(const T* x, std::int64_t n, T* y, bool* mask) {
 template <typename T>
 void relu_backward(const T* dout, const bool* mask, std::int64_t n, T* dx) {
   // A bitwise select (bits & -mask), not ?: : the compiler vectorizes it, and
-  // a random mask costs no branch mispredictions.
+  // a random mask costs no branch mispredictions. The mask is read as bytes:
+  // GCC does not vectorize a bool's widening (this loop ran one element at a
+  // time, 8.7% of SimpleConvNet's training step), and a byte other than 0
+  // or 1 in a NumPy bool array (one made from raw bytes) still counts as set.
   using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  const unsigned char* m = reinterpret_cast<const unsigned char*>(mask);
   TeamJoin join;
 #pragma omp parallel num_threads(num_threads()) if (n >= kParallelElems)
   {
@@ -77,7 +81,7 @@ void relu_backward(const T* dout, const bool* mask, std::int64_t n, T* dx) {
     for (std::int64_t i = 0; i < n; ++i) {
       Bits b;
       std::memcpy(&b, dout + i, sizeof(T));
-      b &= Bits(0) - static_cast<Bits>(mask[i]);
+      b &= Bits(0) - static_cast<Bits>(m[i] != 0);
       std::memcpy(dx + i, &b, sizeof(T));
     }
     join.arrive();

@@ -332,3 +332,23 @@ def test_relu_core_kernel_special_values_and_threads(dtype):
     for y2, dx2 in results[1:]:
         np.testing.assert_array_equal(y2, y)
         np.testing.assert_array_equal(dx2, dx)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_core_backward_reads_any_nonzero_mask_byte_as_set(dtype):
+    # A NumPy bool array made from raw bytes may hold bytes other than 0 and
+    # 1; the core reads the mask as bytes, so every nonzero one passes dout
+    # through unchanged (bit for bit: -0.0 and NaN too), and zero gives +0.0.
+    from pyconv import _core
+
+    rng = np.random.default_rng(4)
+    raw = rng.integers(0, 256, 100_003).astype(np.uint8)
+    raw[:4] = [0, 1, 2, 255]
+    mask = raw.view(np.bool_)
+    dout = rng.standard_normal(raw.shape).astype(dtype)
+    dout[1:3] = [-0.0, np.nan]
+    dx = _core.relu_backward(dout, mask)
+    keep = raw != 0
+    np.testing.assert_array_equal(dx.view(np.uint8),
+                                  np.where(keep, dout, 0).astype(dtype).view(np.uint8))
+    assert np.signbit(dx[1]) and np.isnan(dx[2]) and dx[0] == 0 and not np.signbit(dx[0])
