@@ -1573,7 +1573,6 @@ void gemm_small(const Problem<T>& P, T* work) {
 template <typename T>
 constexpr double kSmallFlops = sizeof(T) == 4 ? 2.5e7 : 1.5e7;
 
-
 template <class C, typename T = typename C::T>
 bool use_small(const Problem<T>& P, int nthreads) {
   const bool plain = P.packer == nullptr && P.a_packer == nullptr && P.packed_a == nullptr &&
@@ -1663,6 +1662,40 @@ __attribute__((always_inline)) inline void block_sums(typename TransposeVec<T>::
   }
 }
 
+// One step of a dot-product block: acc[r * CB + c] += row(r) * col(c), each of
+// its RB row vectors and CB column vectors loaded once (nt_block, wgrad_dot_block).
+template <int RB, int CB, typename V, class Row, class Col>
+__attribute__((always_inline)) inline void dot_step(V* acc, Row&& row, Col&& col) {
+  V rv[RB];
+#pragma GCC unroll 32
+  for (int r = 0; r < RB; ++r) rv[r] = row(r);
+#pragma GCC unroll 32
+  for (int c = 0; c < CB; ++c) {
+    const V cv = col(c);
+#pragma GCC unroll 32
+    for (int r = 0; r < RB; ++r) acc[r * CB + c] += rv[r] * cv;
+  }
+}
+
+// f(integral_constant RB, integral_constant CB) for a block of exactly rb x cb
+// elements (1 <= rb, cb <= kNtMax): the dot-product blocks are compiled per shape.
+template <int RB = kNtMax, int CB = kNtMax, class F>
+inline void with_block_shape(int64_t rb, int64_t cb, F&& f) {
+  if constexpr (RB > 1) {
+    if (rb < RB) {
+      with_block_shape<RB - 1, CB>(rb, cb, f);
+      return;
+    }
+  }
+  if constexpr (CB > 1) {
+    if (cb < CB) {
+      with_block_shape<RB, CB - 1>(rb, cb, f);
+      return;
+    }
+  }
+  f(std::integral_constant<int, RB>{}, std::integral_constant<int, CB>{});
+}
+
 template <typename T, int RB, int CB>
 inline void nt_block(const Problem<T>& P, int64_t i0, int64_t j0) {
   using V = typename TransposeVec<T>::V;
@@ -1680,15 +1713,8 @@ inline void nt_block(const Problem<T>& P, int64_t i0, int64_t j0) {
   for (int q = 0; q < N; ++q) acc[q] = V{};
   // One vector of k at offset p, each row's vector read by load(row + p).
   const auto step = [&](int64_t p, auto load) __attribute__((always_inline)) {
-    V av[RB];
-#pragma GCC unroll 32
-    for (int r = 0; r < RB; ++r) av[r] = load(a[r] + p);
-#pragma GCC unroll 32
-    for (int c = 0; c < CB; ++c) {
-      const V bv = load(b[c] + p);
-#pragma GCC unroll 32
-      for (int r = 0; r < RB; ++r) acc[r * CB + c] += av[r] * bv;
-    }
+    dot_step<RB, CB>(acc, [&](int r) { return load(a[r] + p); },
+                     [&](int c) { return load(b[c] + p); });
   };
   for (int64_t p = 0; p < kv; p += L)
     step(p, [](const T* x) { return *reinterpret_cast<const V*>(x); });
@@ -1708,24 +1734,6 @@ inline void nt_block(const Problem<T>& P, int64_t i0, int64_t j0) {
 #pragma GCC unroll 32
       for (int c = 0; c < CB; ++c) cp[c] = P.alpha * sum[r * CB + c] + P.beta * cp[c];
   }
-}
-
-// nt_block with exactly rb x cb elements (1 <= rb, cb <= kNtMax).
-template <typename T, int RB = kNtMax, int CB = kNtMax>
-inline void nt_block_fit(const Problem<T>& P, int64_t i0, int64_t rb, int64_t j0, int64_t cb) {
-  if constexpr (RB > 1) {
-    if (rb < RB) {
-      nt_block_fit<T, RB - 1, CB>(P, i0, rb, j0, cb);
-      return;
-    }
-  }
-  if constexpr (CB > 1) {
-    if (cb < CB) {
-      nt_block_fit<T, RB, CB - 1>(P, i0, rb, j0, cb);
-      return;
-    }
-  }
-  nt_block<T, RB, CB>(P, i0, j0);
 }
 
 // The dot-product blocks instead of gemm_small where a cost model, in
@@ -1763,7 +1771,9 @@ void gemm_nt_small(const Problem<T>& P) {
     const int64_t i0 = P.m * t / row_tiles, rb = P.m * (t + 1) / row_tiles - i0;
     for (int64_t u = 0; u < col_tiles; ++u) {
       const int64_t j0 = P.n * u / col_tiles, cb = P.n * (u + 1) / col_tiles - j0;
-      nt_block_fit<T>(P, i0, rb, j0, cb);
+      with_block_shape(rb, cb, [&](auto R, auto C) {
+        nt_block<T, decltype(R)::value, decltype(C)::value>(P, i0, j0);
+      });
     }
   }
 }
@@ -1829,15 +1839,8 @@ inline void wgrad_dot_block(const T* xp, const Conv2dShape& s, const T* dy,
   // window by window(tap's origin in xp, v's DotVec).
   const auto step = [&](int64_t v, auto load_d, auto window) __attribute__((always_inline)) {
     const DotVec e = tab[v];
-    V dv[RB];
-#pragma GCC unroll 32
-    for (int r = 0; r < RB; ++r) dv[r] = load_d(d + r * pixels + v * L);
-#pragma GCC unroll 32
-    for (int c = 0; c < CB; ++c) {
-      const V xv = window(x[c], e);
-#pragma GCC unroll 32
-      for (int r = 0; r < RB; ++r) acc[r * CB + c] += dv[r] * xv;
-    }
+    dot_step<RB, CB>(acc, [&](int r) { return load_d(d + r * pixels + v * L); },
+                     [&](int c) { return window(x[c], e); });
   };
   const auto load = [](const T* p) { return reinterpret_cast<V>(Z::load(p)); };
   const auto in_row = [](const T* t, const DotVec& e) {  // the vector within one output row
@@ -1868,26 +1871,6 @@ inline void wgrad_dot_block(const T* xp, const Conv2dShape& s, const T* dy,
   }
 }
 
-// wgrad_dot_block with exactly rb x cb elements (1 <= rb, cb <= kNtMax).
-template <typename T, int RB = kNtMax, int CB = kNtMax>
-inline void wgrad_dot_fit(const T* xp, const Conv2dShape& s, const T* dy,
-                          const std::int32_t* taps, const DotVec* tab, bool accumulate, T* dwt,
-                          int64_t f0, int64_t rb, int64_t k0, int64_t cb) {
-  if constexpr (RB > 1) {
-    if (rb < RB) {
-      wgrad_dot_fit<T, RB - 1, CB>(xp, s, dy, taps, tab, accumulate, dwt, f0, rb, k0, cb);
-      return;
-    }
-  }
-  if constexpr (CB > 1) {
-    if (cb < CB) {
-      wgrad_dot_fit<T, RB, CB - 1>(xp, s, dy, taps, tab, accumulate, dwt, f0, rb, k0, cb);
-      return;
-    }
-  }
-  wgrad_dot_block<T, RB, CB>(xp, s, dy, taps, tab, accumulate, dwt, f0, k0);
-}
-
 // The scratch elements of T wgrad_dot needs for s (its DotVec table), or 0
 // where the plan keeps wgrad_direct: not stride 1, output rows under L - 1
 // pixels (a vector would span three), or costlier by a model in vector FMAs.
@@ -1911,12 +1894,13 @@ int64_t wgrad_dot_elems(const Conv2dShape& s) {
   if (s.stride != 1 || s.out_w() < L - 1) return 0;
   const double f = static_cast<double>(s.filters), k = static_cast<double>(s.col_rows()),
                p = static_cast<double>(s.col_cols());
-  const double dot = 1.2 * f * k * static_cast<double>(dot_vecs<T>(s) + 4);
+  const int64_t vecs = dot_vecs<T>(s);
+  const double dot = 1.2 * f * k * static_cast<double>(vecs + 4);
   const double direct =
       static_cast<double>(ceil_div(s.col_rows(), MR) * MR * ceil_div(s.filters, L)) * p +
       1.2 * f * p;
   if (dot >= direct) return 0;
-  return ceil_div(dot_vecs<T>(s) * static_cast<int64_t>(sizeof(DotVec)),
+  return ceil_div(vecs * static_cast<int64_t>(sizeof(DotVec)),
                   static_cast<int64_t>(sizeof(T)));
 }
 
@@ -1934,8 +1918,10 @@ void wgrad_dot(const T* xp, const Conv2dShape& s, const T* dy, const std::int32_
     for (int64_t b = b0; b < b1; ++b) {  // filters outer: a block's dy rows stay in L1
       const int64_t u = b / kb, v = b % kb;
       const int64_t f0 = f * u / fb, k0 = k * v / kb;
-      wgrad_dot_fit<T>(xp, s, dy, taps, tab, accumulate, dwt, f0, f * (u + 1) / fb - f0, k0,
-                       k * (v + 1) / kb - k0);
+      with_block_shape(f * (u + 1) / fb - f0, k * (v + 1) / kb - k0, [&](auto R, auto C) {
+        wgrad_dot_block<T, decltype(R)::value, decltype(C)::value>(xp, s, dy, taps, tab,
+                                                                    accumulate, dwt, f0, k0);
+      });
     }
   };
   split_units(blocks, nthreads, slice);
