@@ -322,7 +322,16 @@ inline void micro_kernel_unpacked(int64_t kc, const T* __restrict a, int64_t lda
   using V = typename VecOf<T, kBytes>::V;
   using VT = typename VecOf<T, kTail ? kBytes / 2 : kBytes>::V;  // V: no tail
   constexpr int VL = kBytes / static_cast<int>(sizeof(T));
-  prefetch_tile<NU, VL>(c, ldc, MU);
+  // C's tile is asked for only where it will be read (beta != 0). Its k loop
+  // is short (gemm_small: k <= KC, mostly a convolution's 9-30 taps), and the
+  // prefetches at its start cost more than the stores they would speed: Zen
+  // 4, 1 thread, alternating processes, always / beta != 0, us: float64 30 x
+  // 576 x 25 17.6-17.9 / 17.1-17.3, 64 x 1024 x 27 75.9-77.4 / 74.3-74.4,
+  // 3500 x 512 x 4 (14 MB of C) 807-890 / 717-754; float32 30 x 576 x 25
+  // 9.0-9.2 / 8.7-9.0. The packed kernels keep theirs: there it pays even
+  // for a C only written (float64 576 x 3136 x 64, k within one KC block:
+  // 4.49-4.74 ms with it, 5.02-5.18 without).
+  if (beta != T(0)) prefetch_tile<NU, VL>(c, ldc, MU);
   V acc[MU][NU];
   VT acc_t[MU][1];
   tile_sum<NU, MU, VL, kRowsA, false>(acc, kc, a, lda, b, ldb, 0, kTail ? acc_t : nullptr);
