@@ -292,18 +292,25 @@ __attribute__((always_inline)) inline void tile_sum(V (&acc)[MU][NU], int64_t kc
 // not 64 columns of which 54 are zeros). Likewise only the first MU of the
 // panel's MR rows are multiplied (m_cur <= MU): a last row panel with 1 of 12
 // rows does one row's work, not twelve.
-template <class C, int NU = C::NV, int MU = C::MR, typename T = typename C::T>
+// With kTail, the panel's last vector runs as a half vector (n_cur <= (NU -
+// 1) * VL + VL / 2; kPackedTail).
+template <class C, int NU = C::NV, int MU = C::MR, bool kTail = false,
+          typename T = typename C::T>
 inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b,
                          T* __restrict c, int64_t ldc, T alpha, T beta, const T* bias,
                          int64_t m_cur, int64_t n_cur) {
   using V = typename VecOf<T>::V;
-  constexpr int MR = C::MR, VL = C::VL;
+  using VT = typename VecOf<T, kTail ? kVecBytes / 2 : kVecBytes>::V;  // V: no tail
+  constexpr int MR = C::MR, VL = C::VL, NF = kTail ? NU - 1 : NU;  // NF full vectors
   static_assert(NU >= 1 && NU <= C::NV, "NU vectors of an NV-vector panel");
   static_assert(MU >= 1 && MU <= MR, "MU rows of an MR-row panel");
   prefetch_tile<NU, VL>(c, ldc, m_cur);
-  V acc[MU][NU];
-  tile_sum<NU, MU, VL, false, true>(acc, kc, a, MR, b, NU * VL);
-  store_tile<NU, MU, VL>(acc, c, ldc, alpha, beta, bias, m_cur, n_cur);
+  V acc[MU][NF];
+  VT acc_t[MU][1];
+  tile_sum<NF, MU, VL, false, true>(acc, kc, a, MR, b, NU * VL, 0, kTail ? acc_t : nullptr);
+  store_tile<NF, MU, VL>(acc, c, ldc, alpha, beta, bias, m_cur, kTail ? NF * VL : n_cur);
+  if constexpr (kTail)
+    store_tile<1, MU, VL / 2>(acc_t, c + NF * VL, ldc, alpha, beta, bias, m_cur, n_cur - NF * VL);
 }
 
 // The micro-kernel on operands read in place, for products too small to
@@ -423,6 +430,21 @@ inline void micro_kernel_rows(int64_t kc, const T* a, const T* b, T* c, int64_t 
   micro_kernel<C, C::NV, MU>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
 }
 
+// Whether a packed panel of NU vectors (NU >= 2: one-vector panels run in
+// pairs, pair_panels) runs its last vector as a half where that covers it:
+// AVX-512, where Zen 4 runs a 512-bit FMA as two 256-bit ones (a Xeon issues
+// either at one rate: the same time there). The B panel stays packed whole
+// vectors wide; the half vector reads its first half. Products whose last
+// panel it reaches: affine1's n = 100 (64 + 36 columns in float32: 4 + 2.5
+// vectors a row instead of 4 + 3), d's float64 n = 729 (22 x 32 + 25). Zen 4,
+// 1 thread, alternating processes, float32, us: affine1's 4320 x 100 x 100
+// (A^T) 934-1019 -> 872-878 (np/pc 0.97-0.99 -> 1.06-1.07), its forward 100 x
+// 100 x 4320 981-985 -> 940-990 (0.92-0.95 -> 0.97-1.00: A's packing, used by
+// two panels, weighs there). Every element is the same chain of FMAs: the bits
+// do not change.
+template <int NU>
+constexpr bool kPackedTail = kVecBytes == 64 && NU >= 2;
+
 // micro_kernel with the fewest vectors that cover n_cur columns (its B panel
 // packed panel_width(n_cur) wide) and, for a full-width panel, the fewest
 // rows that cover m_cur (a panel both narrow and short is one corner of a
@@ -439,6 +461,12 @@ inline void micro_kernel_fit(int64_t kc, const T* a, const T* b, T* c, int64_t l
   if constexpr (NU == C::NV && C::MR > 1) {
     if (m_cur < C::MR) {
       micro_kernel_rows<C>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
+      return;
+    }
+  }
+  if constexpr (kPackedTail<NU>) {
+    if (n_cur <= (NU - 1) * C::VL + C::VL / 2) {
+      micro_kernel<C, NU, C::MR, true>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
       return;
     }
   }

@@ -157,7 +157,8 @@ def test_packing_orders(isa, dtype, threads, restore_threads):
 def test_one_vector_last_panel(isa, dtype, threads, restore_threads):
     # A last B panel of one vector or less runs its row panels two at a time
     # (half vectors where they cover it): every width of that panel, 1..NR
-    # (the wider ones take the usual kernels), against row counts that make
+    # (the wider ones take the usual kernels, their last vector halved where
+    # a half covers it on AVX-512), against row counts that make
     # whole pairs, a pair and a single panel, a pair whose second panel is
     # one row, and several pairs with partial rows; k over one and two KC
     # blocks (the second adds to C). small_panels + 1 panels wide: the
@@ -174,6 +175,30 @@ def test_one_vector_last_panel(isa, dtype, threads, restore_threads):
             alpha, beta = next(cycle)
             k = kc + 5 if (t + m) % 3 == 0 else 37
             _check_gemm(rng, m, wide + t, k, dtype, ta, tb, alpha, beta)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_half_vector_tails(isa, dtype, threads, restore_threads):
+    # The packed path runs a last panel of two or more vectors whose last
+    # vector half a vector covers as full vectors and a half one (AVX-512;
+    # the other paths run whole vectors: the same results). Products over
+    # the small-product limit (so packed on one thread too) whose last panel
+    # ends in a half vector, a whole one, or just past a half, in either
+    # configuration (the narrow one takes n <= ~30): affine1's 100 columns
+    # among them; 2003 rows (a partial last row panel), k over KC. The wide
+    # configuration's every width is also in test_one_vector_last_panel.
+    kc = _blocking(dtype)["kc"]
+    rng = np.random.default_rng(33)
+    cycle = itertools.cycle(ALPHA_BETA)
+    trans = itertools.cycle(TRANS)
+    _core.set_num_threads(threads)
+    m = 2003
+    for n in (9, 12, 13, 20, 24, 25, 36, 40, 41, 52, 56, 57, 100):
+        k = max(kc + 7, -(-16_000_000 // (m * n)))
+        ta, tb = next(trans)
+        alpha, beta = next(cycle)
+        _check_gemm(rng, m, n, k, dtype, ta, tb, alpha, beta)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
