@@ -89,12 +89,16 @@ template <> struct Blocking<float> {
   // An older Xeon build measured the packed path 9% faster on 60 x 768 x 64
   // (12 float32 panels; the Zen 4 has it 5% slower).
   static constexpr int64_t kSmallPanels = 9;
+  // Products of any size read in place when A is row-major and at most this
+  // many panels use it (use_small).
+  static constexpr int64_t kSmallRowsPanels = 2;
 };
 template <> struct Blocking<double> {
   using Wide = Cfg<double, 6, 4, 128, 144, 2048>;   // 6x32
   using Narrow = Cfg<double, 12, 2, 256, 144, 2048>;  // 12x16
   using Direct = Cfg<double, 6, 4, 1024, 0, 0>;       // 6x32, KC x 32 = 256 KiB
   static constexpr int64_t kSmallPanels = 18;         // 576 columns: see float
+  static constexpr int64_t kSmallRowsPanels = 4;      // 128 columns: see use_small
 };
 #elif defined(PYCONV_ISA_AVX2)
 template <> struct Blocking<float> {  // 6x16: 12 accumulators + 2 B vectors
@@ -110,11 +114,13 @@ template <> struct Blocking<float> {  // 6x16: 12 accumulators + 2 B vectors
   // vectors and 24 accumulators in its 32 registers.
   using Direct = Cfg<float, 3, 4, 512, 0, 0>;
   static constexpr int64_t kSmallPanels = 8;  // see use_small
+  static constexpr int64_t kSmallRowsPanels = 1;
 };
 template <> struct Blocking<double> {  // 6x8
   using Wide = Cfg<double, 6, 2, 256, 96, 2048>;
   using Narrow = Wide;
   static constexpr int64_t kSmallPanels = 8;
+  static constexpr int64_t kSmallRowsPanels = 1;
   // No direct convolution in float64: its tile's pixels must fit one
   // vector's 4 lanes (the forward's transposed store), and the 4 x 8 tile
   // (8 accumulators) measured slower than the GEMM path on c, d, e's forward
@@ -130,22 +136,26 @@ template <> struct Blocking<float> {  // 8x12: 24 accumulators + 3 B vectors
   using Wide = Cfg<float, 8, 3, 640, 120, 3072>;
   using Narrow = Wide;
   static constexpr int64_t kSmallPanels = 8;
+  static constexpr int64_t kSmallRowsPanels = 1;
 };
 template <> struct Blocking<double> {  // 6x8: 24 accumulators + 4 B vectors
   using Wide = Cfg<double, 6, 4, 240, 120, 3072>;
   using Narrow = Wide;
   static constexpr int64_t kSmallPanels = 8;
+  static constexpr int64_t kSmallRowsPanels = 1;
 };
 #else
 template <> struct Blocking<float> {  // 4x8: 8 accumulators + 2 B vectors
   using Wide = Cfg<float, 4, 2, 256, 128, 2048>;
   using Narrow = Wide;
   static constexpr int64_t kSmallPanels = 8;
+  static constexpr int64_t kSmallRowsPanels = 1;
 };
 template <> struct Blocking<double> {  // 4x4
   using Wide = Cfg<double, 4, 2, 256, 64, 1024>;
   using Narrow = Wide;
   static constexpr int64_t kSmallPanels = 8;
+  static constexpr int64_t kSmallRowsPanels = 1;
 };
 #endif
 
@@ -1555,7 +1565,8 @@ void run_cfg(const Problem<T>& P, T* work, int nthreads) {
 }
 
 // ---- Small products, A never packed ---------------------------------------------
-// Below some 1e7 flops the packed path's fixed work per call weighs:
+// Below some 1e7 flops (and at any size where A is used once: use_small) the
+// packed path's fixed work per call weighs:
 // packing all of A (used by n / NR panels: once, for n <= NR) and all of B
 // (used by m / MR panels). Here A is read in place by the micro-kernel's
 // broadcasts, and B too where its rows are contiguous and the panel is whole
@@ -1599,14 +1610,30 @@ void gemm_small(const Problem<T>& P, T* work) {
 }
 
 // gemm_small instead of the packed path: a plain product (A and B strided
-// matrices, A row-major or transposed) run on one thread, of at most
-// kSmallFlops (the packed path's fixed work pays above: at 1.4e7 flops the two
-// are level), at most Blocking<T>::kSmallPanels panels wide (A is re-read
-// once per panel; 8 where no wider limit was measured: from 12 panels on, 60
-// x 768 x 64, an older Xeon build had the packed path 9% faster in float32).
-// Measured on the Xeon, interleaved, small / packed speed: 100 x 10 x 100
-// 1.42, 6 x 64 x 128 1.52, 64^3 1.14, 25 x 576 x 30 (A^T) 1.09, 1000 x 30 x 25
-// 1.38, 30 x 64 x 2000 1.32; 64 x 1024 x 27, 128^3 0.98-1.02 (float64 1.0-1.5).
+// matrices, A row-major or transposed) run on one thread, at most
+// Blocking<T>::kSmallPanels panels wide (A is re-read once per panel; 8 where
+// no wider limit was measured: from 12 panels on, 60 x 768 x 64, an older
+// Xeon build had the packed path 9% faster in float32), and either
+// - of at most kSmallFlops (the packed path's fixed work pays above: at 1.4e7
+//   flops the two are level). Measured on the Xeon, interleaved, small /
+//   packed speed: 100 x 10 x 100 1.42, 6 x 64 x 128 1.52, 64^3 1.14, 25 x 576
+//   x 30 (A^T) 1.09, 1000 x 30 x 25 1.38, 30 x 64 x 2000 1.32; 64 x 1024 x 27,
+//   128^3 0.98-1.02 (float64 1.0-1.5); or
+// - of any size, one panel wide: its A is used once, so packing it only adds
+//   a pass over A; or row-major A used by at most kSmallRowsPanels panels
+//   (AVX-512: 128 columns). Zen 4, 1 thread, alternating processes, us, packed
+//   / small: float32 57600 x 30 x 25 1437-1492 / 1034-1039 (A^T 1382-1388 /
+//   1023-1113), 2000 x 64 x 1000 2624-2670 / 2351-2364 (A^T 2814-3392 /
+//   2384-2514), 200 x 64 x 3000 783-787 / 691, 2048 x 128 x 2048 11281-11511 /
+//   10335-10593, 300 x 128 x 3000 2209-2244 / 2100-2103, 100 x 100 x 4320
+//   927 / 909-914; float64 57600 x 30 x 25 3156-3300 / 1891-2045 (A^T
+//   3097-3115 / 2314-2641), 100 x 100 x 4320 1846-1871 / 1629-1649, 500 x 64
+//   x 4000 5755-5900 / 4904-4987, 2000 x 128 x 500 5066-5153 / 4839-4860.
+//   Level: float32 1000 x 100 x 1000 2070-2080 / 2106-2107 (a 36-column last
+//   panel runs whole vectors here, a half one packed). Not further: float32
+//   2048 x 576 x 2048 +2-4%; float64 2048 x 256 x 2048 (8 panels) +2-3%; A^T
+//   on 2-4 panels (its k steps each touch a new line of A; 4320 x 100 x 100
+//   +1-5%).
 template <typename T>
 constexpr double kSmallFlops = sizeof(T) == 4 ? 2.5e7 : 1.5e7;
 
@@ -1614,10 +1641,12 @@ template <class C, typename T = typename C::T>
 bool use_small(const Problem<T>& P, int nthreads) {
   const bool plain = P.packer == nullptr && P.a_packer == nullptr && P.packed_a == nullptr &&
                      (P.a.cs == 1 || P.a.rs == 1);
-  return plain && nthreads <= 1 && ceil_div(P.n, C::NR) <= Blocking<T>::kSmallPanels &&
-         2.0 * static_cast<double>(P.m) * static_cast<double>(P.n) *
-                 static_cast<double>(P.k) <=
-             kSmallFlops<T>;
+  const int64_t panels = ceil_div(P.n, C::NR);
+  const bool any_size = panels == 1 || (P.a.cs == 1 && panels <= Blocking<T>::kSmallRowsPanels);
+  return plain && nthreads <= 1 && panels <= Blocking<T>::kSmallPanels &&
+         (any_size || 2.0 * static_cast<double>(P.m) * static_cast<double>(P.n) *
+                              static_cast<double>(P.k) <=
+                          kSmallFlops<T>);
 }
 
 // slice(u0, u1) for equal contiguous ranges of `units` (rows of tiles,

@@ -183,11 +183,13 @@ def test_packed_half_vector_tails(isa, dtype, threads, restore_threads):
     # The packed path runs a last panel of two or more vectors whose last
     # vector half a vector covers as full vectors and a half one (AVX-512;
     # the other paths run whole vectors: the same results). Products over
-    # the small-product limit (so packed on one thread too) whose last panel
-    # ends in a half vector, a whole one, or just past a half, in either
-    # configuration (the narrow one takes n <= ~30): affine1's 100 columns
-    # among them; 2003 rows (a partial last row panel), k over KC. The wide
-    # configuration's every width is also in test_one_vector_last_panel.
+    # the small-product flop limit whose last panel ends in a half vector, a
+    # whole one, or just past a half, in either configuration (the narrow one
+    # takes n <= ~30): affine1's 100 columns among them; 2003 rows (a partial
+    # last row panel), k over KC. On 2 threads they run packed; on 1, those
+    # of one panel (any A) or few (row-major A) run with A read in place at
+    # this size (use_small), the others packed. The wide configuration's
+    # every width is also in test_one_vector_last_panel.
     kc = _blocking(dtype)["kc"]
     rng = np.random.default_rng(33)
     cycle = itertools.cycle(ALPHA_BETA)
