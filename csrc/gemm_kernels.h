@@ -294,6 +294,35 @@ __attribute__((always_inline)) inline void tile_sum(V (&acc)[MU][NU], int64_t kc
   }
 }
 
+// The tile update both micro-kernels run: C[0:m_cur, 0:n_cur] = alpha * the
+// kc-step sum of MU rows of A against NF full vectors of B (tile_sum's
+// operands and layouts), plus, with kTail, one half vector of B after them
+// (VT: a vector of kBytes / 2), then + beta * C (+ bias), by store_tile.
+template <int NF, int MU, int kBytes, bool kRowsA, bool kAligned, bool kTail, typename T>
+__attribute__((always_inline)) inline void tile_update(int64_t kc, const T* __restrict a,
+                                                       int64_t lda, const T* __restrict b,
+                                                       int64_t ldb, T* __restrict c,
+                                                       int64_t ldc, T alpha, T beta,
+                                                       const T* bias, int64_t m_cur,
+                                                       int64_t n_cur) {
+  using V = typename VecOf<T, kBytes>::V;
+  using VT = typename VecOf<T, kTail ? kBytes / 2 : kBytes>::V;  // V: no tail
+  constexpr int VL = kBytes / static_cast<int>(sizeof(T));
+  V acc[MU][NF];
+  VT acc_t[MU][1];
+  tile_sum<NF, MU, VL, kRowsA, kAligned>(acc, kc, a, lda, b, ldb, 0, kTail ? acc_t : nullptr);
+  store_tile<NF, MU, VL>(acc, c, ldc, alpha, beta, bias, m_cur, kTail ? NF * VL : n_cur);
+  if constexpr (kTail)
+    store_tile<1, MU, VL / 2>(acc_t, c + NF * VL, ldc, alpha, beta, bias, m_cur, n_cur - NF * VL);
+}
+
+// Whether half a vector covers the last of a tile's NU vectors: n_cur <= (NU
+// - 1) full vectors and half of one (kHalfTail, kPackedTail).
+template <int NU, int VL>
+constexpr bool half_covers(int64_t n_cur) {
+  return n_cur <= (NU - 1) * VL + VL / 2;
+}
+
 // C[0:m_cur, 0:n_cur] = alpha * (A_panel * B_panel) + beta * C, over kc, with
 // NU of the configuration's NV vector columns (n_cur <= NU*VL): the B panel is
 // NU*VL wide (panel_width). The last panel of a product whose n is not a
@@ -302,25 +331,19 @@ __attribute__((always_inline)) inline void tile_sum(V (&acc)[MU][NU], int64_t kc
 // not 64 columns of which 54 are zeros). Likewise only the first MU of the
 // panel's MR rows are multiplied (m_cur <= MU): a last row panel with 1 of 12
 // rows does one row's work, not twelve.
-// With kTail, the panel's last vector runs as a half vector (n_cur <= (NU -
-// 1) * VL + VL / 2; kPackedTail).
+// With kTail, the panel's last vector runs as a half vector (half_covers;
+// kPackedTail).
 template <class C, int NU = C::NV, int MU = C::MR, bool kTail = false,
           typename T = typename C::T>
 inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b,
                          T* __restrict c, int64_t ldc, T alpha, T beta, const T* bias,
                          int64_t m_cur, int64_t n_cur) {
-  using V = typename VecOf<T>::V;
-  using VT = typename VecOf<T, kTail ? kVecBytes / 2 : kVecBytes>::V;  // V: no tail
-  constexpr int MR = C::MR, VL = C::VL, NF = kTail ? NU - 1 : NU;  // NF full vectors
+  constexpr int MR = C::MR, VL = C::VL;
   static_assert(NU >= 1 && NU <= C::NV, "NU vectors of an NV-vector panel");
   static_assert(MU >= 1 && MU <= MR, "MU rows of an MR-row panel");
   prefetch_tile<NU, VL>(c, ldc, m_cur);
-  V acc[MU][NF];
-  VT acc_t[MU][1];
-  tile_sum<NF, MU, VL, false, true>(acc, kc, a, MR, b, NU * VL, 0, kTail ? acc_t : nullptr);
-  store_tile<NF, MU, VL>(acc, c, ldc, alpha, beta, bias, m_cur, kTail ? NF * VL : n_cur);
-  if constexpr (kTail)
-    store_tile<1, MU, VL / 2>(acc_t, c + NF * VL, ldc, alpha, beta, bias, m_cur, n_cur - NF * VL);
+  tile_update<kTail ? NU - 1 : NU, MU, kVecBytes, false, true, kTail>(
+      kc, a, MR, b, NU * VL, c, ldc, alpha, beta, bias, m_cur, n_cur);
 }
 
 // The micro-kernel on operands read in place, for products too small to
@@ -336,8 +359,6 @@ template <class C, int NU, int MU, bool kRowsA, int kBytes = kVecBytes, bool kTa
 inline void micro_kernel_unpacked(int64_t kc, const T* __restrict a, int64_t lda,
                                   const T* __restrict b, int64_t ldb, T* __restrict c,
                                   int64_t ldc, T alpha, T beta, const T* bias, int64_t n_cur) {
-  using V = typename VecOf<T, kBytes>::V;
-  using VT = typename VecOf<T, kTail ? kBytes / 2 : kBytes>::V;  // V: no tail
   constexpr int VL = kBytes / static_cast<int>(sizeof(T));
   // C's tile is asked for only where it will be read (beta != 0). Its k loop
   // is short (gemm_small: k <= KC, mostly a convolution's 9-30 taps), and the
@@ -349,12 +370,8 @@ inline void micro_kernel_unpacked(int64_t kc, const T* __restrict a, int64_t lda
   // for a C only written (float64 576 x 3136 x 64, k within one KC block:
   // 4.49-4.74 ms with it, 5.02-5.18 without).
   if (beta != T(0)) prefetch_tile<NU, VL>(c, ldc, MU);
-  V acc[MU][NU];
-  VT acc_t[MU][1];
-  tile_sum<NU, MU, VL, kRowsA, false>(acc, kc, a, lda, b, ldb, 0, kTail ? acc_t : nullptr);
-  store_tile<NU, MU, VL>(acc, c, ldc, alpha, beta, bias, MU, kTail ? NU * VL : n_cur);
-  if constexpr (kTail)
-    store_tile<1, MU, VL / 2>(acc_t, c + NU * VL, ldc, alpha, beta, bias, MU, n_cur - NU * VL);
+  tile_update<NU, MU, kBytes, kRowsA, false, kTail>(kc, a, lda, b, ldb, c, ldc, alpha, beta,
+                                                     bias, MU, n_cur);
 }
 
 // Whether a tile of MU rows and NU vectors runs its last vector as half of
@@ -407,7 +424,7 @@ inline void micro_kernel_unpacked_fit(int64_t kc, const T* a, int64_t lda, const
     }
   }
   if constexpr (kHalfTail<C, NU, MU>) {
-    if (n_cur <= (NU - 1) * C::VL + C::VL / 2) {
+    if (half_covers<NU, C::VL>(n_cur)) {
       if constexpr (NU == 1)
         micro_kernel_unpacked<C, 1, MU, kRowsA, kVecBytes / 2>(kc, a, lda, b, ldb, c, ldc, alpha,
                                                                beta, bias, n_cur);
@@ -475,7 +492,7 @@ inline void micro_kernel_fit(int64_t kc, const T* a, const T* b, T* c, int64_t l
     }
   }
   if constexpr (kPackedTail<NU>) {
-    if (n_cur <= (NU - 1) * C::VL + C::VL / 2) {
+    if (half_covers<NU, C::VL>(n_cur)) {
       micro_kernel<C, NU, C::MR, true>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
       return;
     }
