@@ -237,6 +237,10 @@ EDGE_POOL_CASES = [
     PoolCase(2, 3, 23, 31, 3, 3, 2, 1),  # 3x3 stride 2 (vector rows, each row's tail)
     PoolCase(2, 2, 30, 34, 3, 3, 2, 0),  # 3x3 stride 2, the last vector at the row's end
     PoolCase(1, 2, 9, 40, 2, 2, 2, 0),  # 2x2 stride 2, long rows
+    PoolCase(1, 2, 9, 41, 2, 2, 2, 0),  # 2x2 stride 2, odd width: a column in no window
+    PoolCase(2, 2, 11, 21, 2, 2, 2, 1),  # 2x2 stride 2 padded: windows over both row ends
+    PoolCase(1, 2, 10, 20, 2, 2, 2, 1),  # padded, even width: the last window over the end
+    PoolCase(1, 2, 13, 29, 2, 3, 4, 1),  # stride > window, padded: gaps between windows
     PoolCase(2, 1, 17, 18, 16, 16, 1, 8),  # 256-element windows: the largest one-byte offsets
     PoolCase(1, 2, 18, 18, 17, 16, 1, 0),  # 272 elements: the layer keeps int64 indices
 ]

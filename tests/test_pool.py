@@ -256,6 +256,27 @@ def test_input_views_and_layouts():
                      name=f"dx {label}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(case=pool_cases(max_hw=20), seed=st.integers(0, 2**32 - 1))
+def test_layer_backward_bits_match_functional(dtype, case, seed):
+    # The layer's backward (one-byte window offsets: a gather for disjoint
+    # windows, a scatter for overlapping ones) and the functional one (int64
+    # indices, always a scatter) give the same bits: a -0 gradient lands as
+    # +0 (0 + dout) and NaN stays NaN.
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, size=case.x_shape).astype(dtype)
+    pool = Pooling(case.ph, case.pw, stride=case.stride, pad=case.pad)
+    out = pool.forward(x)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    if dout.size:
+        dout.reshape(-1)[rng.random(dout.size) < 0.2] = -0.0
+        dout.reshape(-1)[rng.random(dout.size) < 0.05] = np.nan
+    dx = pool.backward(dout)
+    dx_f = F.max_pool2d_backward(dout, pool.argmax, x.shape)
+    bits = np.uint32 if np.dtype(dtype) == np.float32 else np.uint64
+    np.testing.assert_array_equal(dx.view(bits), dx_f.view(bits), err_msg=str(case))
+
+
 def test_backward_does_not_mutate_dout():
     rng = np.random.default_rng(14)
     pool = Pooling(2, 2, stride=1)
