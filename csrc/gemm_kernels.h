@@ -94,7 +94,13 @@ template <> struct Blocking<float> {
   static constexpr int64_t kSmallRowsPanels = 2;
 };
 template <> struct Blocking<double> {
-  using Wide = Cfg<double, 6, 4, 128, 144, 2048>;   // 6x32
+  // 6x32. KC 256: its B micro-panel (64 KiB) outgrows L1 and is read from
+  // L2, and the tile's C update comes half as often. Zen 4, 1 thread,
+  // `benchmarks/ab.py` against KC 128 (2 rounds, np/pc 128 -> 256): squares
+  // 256^2-2048^2 2-5% faster (2048^2 0.96 -> 1.00, 1536^2 0.97 -> 1.02), d's
+  // B^T dW 0.94 -> 0.97, dx 1.06 -> 1.11; the rest within +-3%. Not yet
+  // timed on a Xeon (48 KiB L1d).
+  using Wide = Cfg<double, 6, 4, 256, 144, 2048>;
   using Narrow = Cfg<double, 12, 2, 256, 144, 2048>;  // 12x16
   using Direct = Cfg<double, 6, 4, 1024, 0, 0>;       // 6x32, KC x 32 = 256 KiB
   static constexpr int64_t kSmallPanels = 18;         // 576 columns: see float
