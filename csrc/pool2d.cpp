@@ -170,8 +170,12 @@ void pool_row_s2(const T* xp, std::int64_t width, std::int64_t h0, std::int64_t 
   // columns up to 2o + 3L - 1; K = 2 only its windows' columns).
   const std::int64_t spare = width - w0 - 3 * L;
   const std::int64_t last_o = K == 2 ? count : spare >= 0 ? spare / 2 : -1;
+  // Lanes that met a NaN, in 32-bit lanes: GCC would OR float64 compare masks
+  // into 64-bit integer lanes through general registers (SSE2 has no 64-bit
+  // compare), a loop-carried round trip.
+  typedef std::int32_t VM __attribute__((vector_size(16)));
+  VM nan{};
   std::int64_t o = 0;
-  VI nan{};  // lanes that met a NaN
   for (; o + L <= count && o <= last_o; o += L) {
     V v[K * K];
 #pragma GCC unroll 3
@@ -185,7 +189,7 @@ void pool_row_s2(const T* xp, std::int64_t width, std::int64_t h0, std::int64_t 
         v[r * K + 2] = __builtin_shuffle(v[r * K], *reinterpret_cast<const V*>(row + 2 * L), next);
     }
 #pragma GCC unroll 9
-    for (int q = 0; q < K * K; ++q) nan |= v[q] != v[q];
+    for (int q = 0; q < K * K; ++q) nan |= reinterpret_cast<VM>(v[q] != v[q]);
     V best = v[0];
     VI k = VI{} + 0;
 #pragma GCC unroll 9
