@@ -43,8 +43,9 @@ using std::int64_t;
 // B stays in L1 (32 KiB of the 48 KiB L1d of both machines tuned on, a Zen 5
 // and a Xeon family 6 model 167) while the ir loop streams A. On a Zen 4 the
 // panel fills the whole 32 KiB L1d, and still KC 96 measured slower there
-// (float32 2048^2: 102.6 -> 98.8 GFLOP/s on 1 thread, 200 -> 173 on 2). MC:
-// the MC x KC block of A (72 KiB float32) stays in L2 (1 MiB a core on the
+// (float32 2048^2: 102.6 -> 98.8 GFLOP/s on 1 thread, 200 -> 173 on 2), and
+// the AVX-512 Wide kernels take KC 256 there (see Blocking). MC:
+// the MC x KC block of A (72 KiB float32 at KC 128, 144 at 256) stays in L2 (1 MiB a core on the
 // Zen 5, 2 MiB on the Xeon). NC: the KC x NC block of B stays in L2/L3.
 // Wide is the workhorse; Narrow (NR halved, MR doubled) serves products whose
 // n would leave most of a wide panel as padding (conv weight gradients with
@@ -69,7 +70,12 @@ struct Cfg {
 template <typename T> struct Blocking;
 #if defined(PYCONV_ISA_AVX512)
 template <> struct Blocking<float> {
-  using Wide = Cfg<float, 6, 4, 128, 144, 4096>;   // 6x64: 24 accumulators + 4 B vectors
+  // 6x64: 24 accumulators + 4 B vectors. KC 256 as for float64 (below): Zen
+  // 4, `benchmarks/ab.py` against KC 128, 2 rounds, B/A: squares 512^2-2048^2
+  // 0.95-0.97 on 1 thread, 0.92-0.98 on 2; c's forward and B^T dW 0.93, d's
+  // three products 0.96; worse: b's B^T dW 1.12 on 1 thread (np/pc 2.0 ->
+  // 1.8), c's A^T dx 1.07 on 2.
+  using Wide = Cfg<float, 6, 4, 256, 144, 4096>;
   using Narrow = Cfg<float, 12, 2, 256, 144, 4096>;  // 12x32: 24 + 2
   // Direct convolution (conv_direct): 6 pixels x 64 filters; KC taps of
   // the packed weights (KC x 64, 256 KiB) stay in L2 while a group of tiles
@@ -94,8 +100,8 @@ template <> struct Blocking<float> {
   static constexpr int64_t kSmallRowsPanels = 2;
 };
 template <> struct Blocking<double> {
-  // 6x32. KC 256: its B micro-panel (64 KiB) outgrows L1 and is read from
-  // L2, and the tile's C update comes half as often. Zen 4, 1 thread,
+  // 6x32. KC 256: its B micro-panel (64 KiB; float32's too) outgrows L1 and
+  // is read from L2, and the tile's C update comes half as often. Zen 4, 1 thread,
   // `benchmarks/ab.py` against KC 128 (2 rounds, np/pc 128 -> 256): squares
   // 256^2-2048^2 2-5% faster (2048^2 0.96 -> 1.00, 1536^2 0.97 -> 1.02), d's
   // B^T dW 0.94 -> 0.97, dx 1.06 -> 1.11; the rest within +-3%. Not yet
