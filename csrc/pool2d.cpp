@@ -315,7 +315,6 @@ void unpool_plane_scatter(const T* dyp, const std::uint8_t* ap, const Pool2dShap
   }
 }
 
-
 // v's lanes of W bytes, the low half of them interleaved with zeros into lanes
 // of 2W bytes until they are as wide as VI's (widen_bytes).
 template <typename VI, int W, typename V>
