@@ -263,15 +263,17 @@ inline void store_tile(const V (&acc)[MU][NU], T* __restrict c, int64_t ldc, T a
 // + i]): the second of two packed panels. With a tail (VT narrower than V,
 // acc_t given), each row also sums one VT vector of B at b + NU * VL into
 // acc_t[i][0], broadcasting the same element: NU vectors and a fraction of
-// one more. Always inlined, so a packed kernel's strides (MR, NU * VL) stay
-// constants.
-template <int NU, int MU, int VL, bool kRowsA, bool kAligned, int kHi = MU, typename T,
-          typename V, typename VT = V>
+// one more. With kPf, step p also prefetches the line at pf + p * pf_rs into
+// L2 (gemm_slice's next B group). Always inlined, so a packed kernel's
+// strides (MR, NU * VL) stay constants.
+template <int NU, int MU, int VL, bool kRowsA, bool kAligned, int kHi = MU, bool kPf = false,
+          typename T, typename V, typename VT = V>
 __attribute__((always_inline)) inline void tile_sum(V (&acc)[MU][NU], int64_t kc,
                                                     const T* __restrict a, int64_t lda,
                                                     const T* __restrict b, int64_t ldb,
                                                     int64_t a_hi = 0,
-                                                    VT (*acc_t)[1] = nullptr) {
+                                                    VT (*acc_t)[1] = nullptr,
+                                                    const T* pf = nullptr, int64_t pf_rs = 0) {
   using VU = typename VecOf<T, sizeof(V)>::VU;
   using VTU = typename VecOf<T, sizeof(VT)>::VU;
   constexpr bool kTail = sizeof(VT) < sizeof(V);
@@ -301,6 +303,7 @@ __attribute__((always_inline)) inline void tile_sum(V (&acc)[MU][NU], int64_t kc
         acc_t[i][0] += at * bt;
       }
     }
+    if constexpr (kPf) __builtin_prefetch(pf + p * pf_rs, 0, 2);
     if (!kRowsA) a += lda;
     b += ldb;
   }
@@ -310,19 +313,23 @@ __attribute__((always_inline)) inline void tile_sum(V (&acc)[MU][NU], int64_t kc
 // kc-step sum of MU rows of A against NF full vectors of B (tile_sum's
 // operands and layouts), plus, with kTail, one half vector of B after them
 // (VT: a vector of kBytes / 2), then + beta * C (+ bias), by store_tile.
-template <int NF, int MU, int kBytes, bool kRowsA, bool kAligned, bool kTail, typename T>
+// With kPf, tile_sum's prefetches of pf + p * pf_rs.
+template <int NF, int MU, int kBytes, bool kRowsA, bool kAligned, bool kTail, bool kPf = false,
+          typename T>
 __attribute__((always_inline)) inline void tile_update(int64_t kc, const T* __restrict a,
                                                        int64_t lda, const T* __restrict b,
                                                        int64_t ldb, T* __restrict c,
                                                        int64_t ldc, T alpha, T beta,
                                                        const T* bias, int64_t m_cur,
-                                                       int64_t n_cur) {
+                                                       int64_t n_cur, const T* pf = nullptr,
+                                                       int64_t pf_rs = 0) {
   using V = typename VecOf<T, kBytes>::V;
   using VT = typename VecOf<T, kTail ? kBytes / 2 : kBytes>::V;  // V: no tail
   constexpr int VL = kBytes / static_cast<int>(sizeof(T));
   V acc[MU][NF];
   VT acc_t[MU][1];
-  tile_sum<NF, MU, VL, kRowsA, kAligned>(acc, kc, a, lda, b, ldb, 0, kTail ? acc_t : nullptr);
+  tile_sum<NF, MU, VL, kRowsA, kAligned, MU, kPf>(acc, kc, a, lda, b, ldb, 0,
+                                                 kTail ? acc_t : nullptr, pf, pf_rs);
   store_tile<NF, MU, VL>(acc, c, ldc, alpha, beta, bias, m_cur, kTail ? NF * VL : n_cur);
   if constexpr (kTail)
     store_tile<1, MU, VL / 2>(acc_t, c + NF * VL, ldc, alpha, beta, bias, m_cur, n_cur - NF * VL);
@@ -344,18 +351,22 @@ constexpr bool half_covers(int64_t n_cur) {
 // panel's MR rows are multiplied (m_cur <= MU): a last row panel with 1 of 12
 // rows does one row's work, not twelve.
 // With kTail, the panel's last vector runs as a half vector (half_covers;
-// kPackedTail).
+// kPackedTail). Step p of the k loop prefetches pf + p * pf_rs (a line of B
+// that gemm_slice packs next); with no pf, the B row it loads (an L1 hit,
+// one load slot beside a step's 8-10 loads: one loop compiled, not two;
+// `benchmarks/ab.py` showed no product slower for it).
 template <class C, int NU = C::NV, int MU = C::MR, bool kTail = false,
           typename T = typename C::T>
 inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b,
                          T* __restrict c, int64_t ldc, T alpha, T beta, const T* bias,
-                         int64_t m_cur, int64_t n_cur) {
+                         int64_t m_cur, int64_t n_cur, const T* pf, int64_t pf_rs) {
   constexpr int MR = C::MR, VL = C::VL;
   static_assert(NU >= 1 && NU <= C::NV, "NU vectors of an NV-vector panel");
   static_assert(MU >= 1 && MU <= MR, "MU rows of an MR-row panel");
   prefetch_tile<NU, VL>(c, ldc, m_cur);
-  tile_update<kTail ? NU - 1 : NU, MU, kVecBytes, false, true, kTail>(
-      kc, a, MR, b, NU * VL, c, ldc, alpha, beta, bias, m_cur, n_cur);
+  if (pf == nullptr) pf = b, pf_rs = NU * VL;
+  tile_update<kTail ? NU - 1 : NU, MU, kVecBytes, false, true, kTail, true>(
+      kc, a, MR, b, NU * VL, c, ldc, alpha, beta, bias, m_cur, n_cur, pf, pf_rs);
 }
 
 // The micro-kernel on operands read in place, for products too small to
@@ -459,14 +470,15 @@ inline int64_t panel_width(int64_t n_cur) {
 // micro_kernel of full width with exactly m_cur < MR rows.
 template <class C, int MU = C::MR - 1, typename T = typename C::T>
 inline void micro_kernel_rows(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha,
-                              T beta, const T* bias, int64_t m_cur, int64_t n_cur) {
+                              T beta, const T* bias, int64_t m_cur, int64_t n_cur, const T* pf,
+                              int64_t pf_rs) {
   if constexpr (MU > 1) {
     if (m_cur < MU) {
-      micro_kernel_rows<C, MU - 1>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
+      micro_kernel_rows<C, MU - 1>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur, pf, pf_rs);
       return;
     }
   }
-  micro_kernel<C, C::NV, MU>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
+  micro_kernel<C, C::NV, MU>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur, pf, pf_rs);
 }
 
 // Whether a packed panel of NU vectors (NU >= 2: one-vector panels run in
@@ -488,28 +500,31 @@ constexpr bool kPackedTail = kVecBytes == 64 && NU >= 2;
 // packed panel_width(n_cur) wide) and, for a full-width panel, the fewest
 // rows that cover m_cur (a panel both narrow and short is one corner of a
 // product: it keeps all MR rows, which halves the kernels compiled).
+// pf, pf_rs: micro_kernel's prefetches (none: nullptr).
 template <class C, int NU = C::NV, typename T = typename C::T>
 inline void micro_kernel_fit(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha,
-                             T beta, const T* bias, int64_t m_cur, int64_t n_cur) {
+                             T beta, const T* bias, int64_t m_cur, int64_t n_cur,
+                             const T* pf = nullptr, int64_t pf_rs = 0) {
   if constexpr (NU > 1) {
     if (n_cur <= (NU - 1) * C::VL) {
-      micro_kernel_fit<C, NU - 1>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
+      micro_kernel_fit<C, NU - 1>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur, pf, pf_rs);
       return;
     }
   }
   if constexpr (NU == C::NV && C::MR > 1) {
     if (m_cur < C::MR) {
-      micro_kernel_rows<C>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
+      micro_kernel_rows<C>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur, pf, pf_rs);
       return;
     }
   }
   if constexpr (kPackedTail<NU>) {
     if (half_covers<NU, C::VL>(n_cur)) {
-      micro_kernel<C, NU, C::MR, true>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
+      micro_kernel<C, NU, C::MR, true>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur, pf,
+                                       pf_rs);
       return;
     }
   }
-  micro_kernel<C, NU>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur);
+  micro_kernel<C, NU>(kc, a, b, c, ldc, alpha, beta, bias, m_cur, n_cur, pf, pf_rs);
 }
 
 // Two MR-row panels at once (the second at a + MR * kc, where packing puts
@@ -1492,22 +1507,43 @@ void gemm_slice(const Problem<T>& P, int64_t i0, int64_t mm, int64_t j0, int64_t
         // whole packed block (c's forward: 1.6 MiB of panels, beyond L2);
         // a plain B in groups that wait in L2. Same arithmetic in the same
         // order as below.
+        //   A group's rows are short (float64 KC 256: 2 panels, 512 bytes
+        // of each of 256 rows, 25 KiB apart in c's 64 x 3136 x 576): too
+        // short for the hardware's stream prefetchers, so pack_b_cols waited
+        // on memory (25% of that product's time, its loads at ~11 GB/s).
+        // The group's micro-kernels now bring the next group into L2: call
+        // u prefetches line u of each of its rows, one row a k step (the
+        // last call takes the rows' last elements, for rows that do not
+        // start a line). Spread over the FMAs, not in a burst: 1024
+        // prefetches before each panel gained nothing. Zen 4, 1 thread, c's
+        // forward np/pc float64 0.91-0.92 -> 1.14-1.16, float32 1.01-1.06
+        // -> 1.16-1.25. A group of fewer calls than lines (m < ~24) still
+        // reads the rest from memory.
+        constexpr int64_t kLine = 64 / int64_t(sizeof(T));
         const int64_t fit = kPackedBAheadBytes / (NR * kc_cur * int64_t(sizeof(T)));
         const int64_t group = rows_b && fit > 1 ? fit : 1;
         const T* pa = a_panels(i0, mm);
         for (int64_t jp0 = 0; jp0 < n_panels; jp0 += group) {
           const int64_t jp1 = min64(n_panels, jp0 + group);
           pack_b_cols(jp0, jp1);
+          const int64_t nx0 = jp1 * NR, nx1 = min64(nc_cur, (jp1 + group) * NR);
+          const T* next = P.b.data + pc * P.b.rs + j0 + jc + nx0;  // the next group's rows
+          const int64_t lines = rows_b && nx0 < nx1 ? ceil_div(nx1 - nx0, kLine) + 1 : 0;
+          int64_t call = 0;
           for (int64_t jp = jp0; jp < jp1; ++jp) {
             const int64_t col = j0 + jc + jp * NR;
             const int64_t n_cur = min64(NR, j0 + nn - col);
             const T* pb = pack_b + (jp - jp0) * NR * kc_cur;
             const int64_t paired = pair_panels<C>(kc_cur, pa, mm, pb, P.c + i0 * P.ldc + col,
                                                   P.ldc, P.alpha, beta_cur, bias_at(i0), n_cur);
-            for (int64_t ir = paired; ir < mm; ir += MR)
+            for (int64_t ir = paired; ir < mm; ir += MR, ++call) {
+              const T* pf = call >= lines     ? nullptr
+                            : call + 1 < lines ? next + call * kLine
+                                               : next + (nx1 - nx0 - 1);
               micro_kernel_fit<C>(kc_cur, pa + ir * kc_cur, pb, P.c + (i0 + ir) * P.ldc + col,
                                   P.ldc, P.alpha, beta_cur, bias_at(i0 + ir),
-                                  min64(MR, mm - ir), n_cur);
+                                  min64(MR, mm - ir), n_cur, pf, P.b.rs);
+            }
           }
         }
         continue;
