@@ -44,9 +44,10 @@ using std::int64_t;
 // and a Xeon family 6 model 167) while the ir loop streams A. On a Zen 4 the
 // panel fills the whole 32 KiB L1d, and still KC 96 measured slower there
 // (float32 2048^2: 102.6 -> 98.8 GFLOP/s on 1 thread, 200 -> 173 on 2), and
-// the AVX-512 Wide kernels take KC 256 there (see Blocking). MC:
-// the MC x KC block of A (72 KiB float32 at KC 128, 144 at 256) stays in L2 (1 MiB a core on the
-// Zen 5, 2 MiB on the Xeon). NC: the KC x NC block of B stays in L2/L3.
+// the AVX-512 Wide kernels take KC 256 there (see Blocking). MC: the MC x KC
+// block of A (float32 72 KiB at KC 128; AVX-512 at KC 256: float32 144 KiB,
+// float64 288 KiB) stays in L2 (1 MiB a core on the Zen 4 and Zen 5, 2 MiB on
+// the Xeon). NC: the KC x NC block of B stays in L2/L3.
 // Wide is the workhorse; Narrow (NR halved, MR doubled) serves products whose
 // n would leave most of a wide panel as padding (conv weight gradients with
 // 25-30 columns, say).
@@ -173,7 +174,10 @@ template <> struct Blocking<double> {  // 4x4
 
 // Bytes of packed B panels that gemm_slice's one-ic-block case packs ahead
 // of their use: half the smallest L2 these blockings meet (256 KiB, Intel's
-// Haswell to Skylake client cores), so the panels wait in L2.
+// Haswell to Skylake client cores), so the panels wait in L2. While a group
+// runs, its micro-kernels prefetch the next group's source rows (as many
+// bytes again, a little more for unaligned rows) into the same L2: on such
+// a core the two fill it, a case not measured (Zen 4's L2 is 1 MiB).
 constexpr int64_t kPackedBAheadBytes = 128 * 1024;
 
 // Tiles of the direct convolution that run each KC block of the sum before
