@@ -89,13 +89,21 @@ struct GemmImpl {
   // operand, f x k row-major, is packed by pack_direct into
   // direct_panels_elems(f, k) elements (64-byte aligned).
   //   conv_direct: y (F x OH*OW) = w * col(x) (+ bias unless null), with w
-  //     packed as pack_direct(w, F, C*KH*KW); overwrites y.
+  //     packed as pack_direct(w, F, C*KH*KW); overwrites y. With a plan
+  //     (direct_plan, conv2d.cpp; built for tiles of direct_rows pixels),
+  //     tiles skip the taps that fall on the padding for all their pixels:
+  //     plan[0] = rows a tile, [1] = pixels, [2] = boxes; then each tile's
+  //     box (-1: every tap), the boxes' entry offsets (boxes + 1), the pixels
+  //     in tile order, and the entries' tap offsets and tap indices (two
+  //     arrays, each box's in increasing tap order). Null: every tap.
   //   wgrad_direct: dwt (C*KH*KW x F, dW transposed) = or += col(x) * dy^T,
   //     with dy packed as pack_direct(dy, F, OH*OW).
   std::int64_t (*direct_panels_elems)(std::int64_t f, std::int64_t k);
   void (*pack_direct)(const T* a, std::int64_t f, std::int64_t k, T* dst);
+  std::int64_t direct_rows;  // pixels in a conv_direct tile (0 where there is none)
   void (*conv_direct)(const T* xp, const Conv2dShape& s, const T* pw, const std::int32_t* taps,
-                      const std::int32_t* bases, const T* bias, T* y, int nthreads);
+                      const std::int32_t* bases, const std::int32_t* plan, const T* bias, T* y,
+                      int nthreads);
   void (*wgrad_direct)(const T* xp, const Conv2dShape& s, const T* pdy,
                        const std::int32_t* taps, const std::int32_t* bases, bool accumulate,
                        T* dwt, int nthreads);

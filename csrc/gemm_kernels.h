@@ -11,6 +11,7 @@
 // writing C.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -2115,7 +2116,33 @@ struct DirectJob {
   bool accumulate;  // add to out instead of overwriting it
   T* out;
   int64_t ldo;
+  const std::int32_t* plan = nullptr;  // forward: GemmImpl::conv_direct's plan, or null
 };
+
+// direct_tile's transposed store for a tile whose pixels are not consecutive
+// in out (a plan's tile across a row's end, or down a column): pixel pix[i]
+// of each filter's row, element by element. Its own function, so that the
+// consecutive case keeps its loop (with this one inside it, GCC kept every
+// vector on the stack: c's forward 4% slower).
+template <class C, int NU, typename T, typename V>
+void direct_store_scattered(const V (&acc)[C::MR][NU], const T* bias, bool accumulate, T* out,
+                            int64_t ldo, int64_t m_cur, int64_t f_cur,
+                            const std::int32_t* pix) {
+  constexpr int MR = C::MR, L = C::VL;
+  for (int j = 0; j < NU; ++j) {
+    alignas(64) T lane[MR][L];
+    for (int i = 0; i < MR; ++i) *reinterpret_cast<V*>(lane[i]) = acc[i][j];
+    const int64_t rows = min64(L, f_cur - j * L);
+    for (int64_t l = 0; l < rows; ++l) {
+      T* o = out + (j * L + l) * ldo;
+      const T add = bias != nullptr ? bias[j * L + l] : T(0);
+      for (int64_t i = 0; i < m_cur; ++i) {
+        const T v = bias != nullptr ? lane[i][l] + add : lane[i][l];
+        o[pix[i]] = accumulate ? o[pix[i]] + v : v;
+      }
+    }
+  }
+}
 
 // One tile over sum steps [0, kc) of its panel block w, and its store: rows
 // [0, m_cur) of the tile, filters [0, f_cur) of the panel (out, bias at the
@@ -2123,11 +2150,16 @@ struct DirectJob {
 // carries the tile's accumulators from block to block: they start from
 // carry_in (zero if null) and, with carry_out, go there as they are instead
 // of to out, so each element is one FMA chain in k order whatever the blocks.
-template <class C, int NU, typename T = typename C::T>
+// With kRows, step k's filters are row wrow[k] of the panel block w instead
+// of its row k (a plan's box: the taps that do not fall on the padding). With
+// pix, row i of the tile is pixel pix[i] of out (transposed stores only)
+// instead of pixel i.
+template <class C, int NU, bool kRows = false, typename T = typename C::T>
 inline void direct_tile(int64_t kc, const std::int32_t* __restrict idx, const T* __restrict w,
                         const T* const* px, const T* carry_in, T* carry_out, const T* bias,
                         bool accumulate, bool transposed, T* out, int64_t ldo, int64_t m_cur,
-                        int64_t f_cur) {
+                        int64_t f_cur, const std::int32_t* __restrict wrow = nullptr,
+                        const std::int32_t* pix = nullptr) {
   using V = typename TransposeVec<T>::V;
   using Z = MaskedVec<T>;
   constexpr int MR = C::MR, L = Z::L;
@@ -2154,13 +2186,14 @@ inline void direct_tile(int64_t kc, const std::int32_t* __restrict idx, const T*
     V xv[MR];
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) xv[i] = splat<V>(px[i][d]);
+    const T* wk = kRows ? w + int64_t(wrow[k]) * (NU * L) : w;
 #pragma GCC unroll 8
     for (int j = 0; j < NU; ++j) {
-      const V wv = *reinterpret_cast<const V*>(w + j * L);
+      const V wv = *reinterpret_cast<const V*>(wk + j * L);
 #pragma GCC unroll 32
       for (int i = 0; i < MR; ++i) acc[i][j] += xv[i] * wv;
     }
-    w += NU * L;
+    if (!kRows) w += NU * L;
   }
   if (carry_out != nullptr) {
 #pragma GCC unroll 32
@@ -2185,6 +2218,15 @@ inline void direct_tile(int64_t kc, const std::int32_t* __restrict idx, const T*
   }
   // Vector j holds filters j*L.. of row (pixel) i in acc[i][j]; after the
   // transpose, r[l] holds filter j*L + l's pixels in its lanes 0..MR-1.
+  if (pix != nullptr) {
+    bool scattered = false;
+    for (int64_t i = 1; i < m_cur; ++i) scattered |= pix[i] != pix[0] + i;
+    if (scattered) {
+      direct_store_scattered<C, NU>(acc, bias, accumulate, out, ldo, m_cur, f_cur, pix);
+      return;
+    }
+    out += pix[0];
+  }
   const typename Z::K lanes = Z::mask(m_cur);
 #pragma GCC unroll 8
   for (int j = 0; j < NU; ++j) {
@@ -2235,6 +2277,16 @@ void direct_tiles(const DirectJob<T>& J, const T* panel, int64_t f0, int64_t f_c
   const int64_t nr = panel_width<C>(f_cur);
   const int64_t kb = ceil_div(J.n_idx, ceil_div(J.n_idx, KC));
   const T* bias = J.bias != nullptr ? J.bias + f0 : nullptr;
+  // A plan (forward only) orders the pixels and gives each tile a box: the
+  // entries (tap offset, tap index) of the taps not on the padding for all
+  // its pixels, in tap order, so a KC block's are a contiguous run of them.
+  const std::int32_t* plan = J.plan;
+  const int64_t n_boxes = plan != nullptr ? plan[2] : 0;
+  const std::int32_t* tile_box = plan != nullptr ? plan + 3 : nullptr;
+  const std::int32_t* box_off = plan != nullptr ? tile_box + ceil_div(J.n_rows, MR) : nullptr;
+  const std::int32_t* order = plan != nullptr ? box_off + n_boxes + 1 : nullptr;
+  const std::int32_t* ent_tap = plan != nullptr ? order + J.n_rows : nullptr;
+  const std::int32_t* ent_k = plan != nullptr ? ent_tap + box_off[n_boxes] : nullptr;
   alignas(64) T carry[kGroup][MR * NU * C::VL];
   for (int64_t g0 = t0; g0 < t1; g0 += kGroup) {
     const int64_t g1 = min64(t1, g0 + kGroup);
@@ -2243,14 +2295,32 @@ void direct_tiles(const DirectJob<T>& J, const T* panel, int64_t f0, int64_t f_c
       const bool last = k0 + kc == J.n_idx;
       for (int64_t t = g0; t < g1; ++t) {
         const int64_t r0 = t * MR, m_cur = min64(MR, J.n_rows - r0);
+        const std::int32_t* pix = order != nullptr ? order + r0 : nullptr;
         const T* px[MR];
-        for (int64_t i = 0; i < MR; ++i)  // rows past the end repeat the first
-          px[i] = J.xp + J.rows[i < m_cur ? r0 + i : r0];
-        T* out = J.transposed ? J.out + f0 * J.ldo + r0 : J.out + r0 * J.ldo + f0;
+        for (int64_t i = 0; i < MR; ++i) {  // rows past the end repeat the first
+          const int64_t r = i < m_cur ? i : 0;
+          px[i] = J.xp + J.rows[pix != nullptr ? pix[r] : r0 + r];
+        }
+        T* out = J.transposed ? J.out + f0 * J.ldo + (pix != nullptr ? 0 : r0)
+                              : J.out + r0 * J.ldo + f0;
         T* slot = carry[t - g0];
-        direct_tile<C, NU>(kc, J.idx + k0, panel + k0 * nr, px, k0 > 0 ? slot : nullptr,
-                           last ? nullptr : slot, bias, J.accumulate, J.transposed, out, J.ldo,
-                           m_cur, f_cur);
+        const int64_t box = tile_box != nullptr ? tile_box[t] : -1;
+        if (box < 0) {
+          direct_tile<C, NU>(kc, J.idx + k0, panel + k0 * nr, px, k0 > 0 ? slot : nullptr,
+                             last ? nullptr : slot, bias, J.accumulate, J.transposed, out,
+                             J.ldo, m_cur, f_cur, nullptr, pix);
+          continue;
+        }
+        // The box's entries in this block; none: the carry waits (the last
+        // block stores all the same).
+        const std::int32_t* b0 = ent_k + box_off[box];
+        const std::int32_t* b1 = ent_k + box_off[box + 1];
+        const std::int32_t* e0 = std::lower_bound(b0, b1, static_cast<std::int32_t>(k0));
+        const std::int32_t* e1 = std::lower_bound(e0, b1, static_cast<std::int32_t>(k0 + kc));
+        if (e0 == e1 && !last) continue;
+        direct_tile<C, NU, true>(e1 - e0, ent_tap + (e0 - ent_k), panel, px,
+                                 e0 > b0 ? slot : nullptr, last ? nullptr : slot, bias,
+                                 J.accumulate, J.transposed, out, J.ldo, m_cur, f_cur, e0, pix);
       }
     }
   }
@@ -2288,10 +2358,13 @@ void direct_run(const DirectJob<T>& J, int nthreads) {
 
 template <typename T>
 void conv_direct(const T* xp, const Conv2dShape& s, const T* pw, const std::int32_t* taps,
-                 const std::int32_t* bases, const T* bias, T* y, int nthreads) {
+                 const std::int32_t* bases, const std::int32_t* plan, const T* bias, T* y,
+                 int nthreads) {
+  using C = typename Blocking<T>::Direct;
   const int64_t cols = s.col_cols();
+  if (plan != nullptr && (plan[0] != C::MR || plan[1] != cols)) plan = nullptr;  // not ours
   direct_run(DirectJob<T>{xp, bases, cols, taps, s.col_rows(), pw, s.filters, bias, true, false,
-                          y, cols},
+                          y, cols, plan},
              nthreads);
 }
 
@@ -2419,9 +2492,10 @@ GemmImpl<float> make_gemm_float() {
           &packed_a_elems<float>, &pack_a_whole<float>,
           &pack_im2col<float>, &pack_im2col_a<float>, &col2im<float>,
 #if defined(PYCONV_ISA_AVX512) || defined(PYCONV_ISA_AVX2)
-          &direct_panels_elems<float>, &pack_direct<float>, &conv_direct<float>, &wgrad_direct<float>,
+          &direct_panels_elems<float>, &pack_direct<float>, Blocking<float>::Direct::MR,
+          &conv_direct<float>, &wgrad_direct<float>,
 #else
-          nullptr, nullptr, nullptr, nullptr,
+          nullptr, nullptr, 0, nullptr, nullptr,
 #endif
 #if defined(PYCONV_ISA_AVX512)
           &wgrad_dot_elems<float>, &wgrad_dot<float>,
@@ -2435,10 +2509,11 @@ GemmImpl<double> make_gemm_double() {
           &packed_a_elems<double>, &pack_a_whole<double>,
           &pack_im2col<double>, &pack_im2col_a<double>, &col2im<double>,
 #if defined(PYCONV_ISA_AVX512)
-          &direct_panels_elems<double>, &pack_direct<double>, &conv_direct<double>, &wgrad_direct<double>,
-          &wgrad_dot_elems<double>, &wgrad_dot<double>,
+          &direct_panels_elems<double>, &pack_direct<double>, Blocking<double>::Direct::MR,
+          &conv_direct<double>, &wgrad_direct<double>, &wgrad_dot_elems<double>,
+          &wgrad_dot<double>,
 #else  // on AVX2 a 4 x 8 float64 tile (8 accumulators) lost to the GEMM: see Blocking
-          nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+          nullptr, nullptr, 0, nullptr, nullptr, nullptr, nullptr,
 #endif
           &fma_probe<double>};
 }

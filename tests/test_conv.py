@@ -205,6 +205,13 @@ DIRECT_CASES = [
     (ConvCase(2, 16, 8, 8, 7, 5, 5, 1, 4), False),  # pad = K - 1: tiles read the border
     # 1080 taps in blocks; 100 pixels: 17 or 34 tiles, groups of 16 and a partial one
     (ConvCase(1, 120, 10, 10, 20, 3, 3, 1, 1), False),
+    # The forward's plan (tiles skip the taps on the padding): two border rows
+    # and columns a side around a 5 x 7 interior, tiles across classes; dx's
+    # plan too (pad 2 again)
+    (ConvCase(2, 16, 9, 11, 12, 5, 5, 1, 2), True),
+    (ConvCase(2, 32, 9, 8, 10, 3, 3, 2, 1), False),  # stride 2: one border row and column a side
+    (ConvCase(1, 16, 3, 2, 7, 5, 5, 1, 2), False),  # no interior row or column
+    (ConvCase(1, 16, 6, 6, 5, 5, 5, 1, 3), False),  # pad 3: corner windows of 4 taps
 ]
 
 
@@ -223,6 +230,35 @@ def test_direct_convolution(isa, case, dx_direct, dtype, nthreads, restore_threa
     assert not (backward["dw_direct"] and backward["dw_dot"]), backward
     pyconv.set_num_threads(nthreads)
     _check_conv(case, dtype, seed=17, layer=True)
+
+
+# The direct forward's plan skips the taps that fall on the padding (tiles of
+# pixels that meet it alike, each running a table of its valid taps in tap
+# order). Every output is then the same chain of FMAs as on the same input
+# padded beforehand (pad 0: no plan, every tap), minus products with zeros,
+# which change no sum: equal bit for bit, on every path. dx's plan is checked
+# against the oracle in test_direct_convolution.
+PLAN_CASES = [
+    ConvCase(2, 16, 9, 11, 12, 5, 5, 1, 2),  # two border rows and columns a side
+    ConvCase(2, 32, 9, 8, 70, 3, 3, 2, 1),  # stride 2; F = 64 + 6
+    ConvCase(1, 16, 3, 2, 7, 5, 5, 1, 2),  # no interior row or column
+    ConvCase(1, 120, 10, 10, 20, 3, 3, 1, 1),  # 1080 taps: the sum in blocks
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", PLAN_CASES, ids=str)
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_padding_skipped_bit_for_bit(isa, case, dtype, nthreads, restore_threads):
+    pyconv.set_num_threads(nthreads)
+    rng = np.random.default_rng(29)
+    x = rng.standard_normal((case.n, case.c, case.h, case.w)).astype(dtype)
+    w = rng.standard_normal((case.fn, case.c, case.fh, case.fw)).astype(dtype)
+    b = rng.standard_normal(case.fn).astype(dtype)
+    p = case.pad
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    y = F.conv2d(x, w, b, stride=case.stride, pad=p)
+    np.testing.assert_array_equal(y, F.conv2d(xp, w, b, stride=case.stride, pad=0))
 
 
 # The weight gradient as dot products over the pixels (AVX-512, stride 1,

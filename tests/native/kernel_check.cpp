@@ -152,7 +152,11 @@ void check_conv(int threads) {
                         // AVX-512's weight gradient as dot products: rows of
                         // 24, 20 (a partial last vector) and 15 (L - 1) pixels
                         {2, 1, 28, 28, 30, 5, 5, 1, 0}, {2, 3, 17, 20, 7, 3, 3, 1, 1},
-                        {1, 2, 9, 17, 6, 3, 3, 1, 0}};
+                        {1, 2, 9, 17, 6, 3, 3, 1, 0},
+                        // the direct forward's plan: border classes around
+                        // an interior, stride 2, and no interior at all
+                        {2, 16, 9, 11, 12, 5, 5, 1, 2}, {2, 32, 9, 8, 10, 3, 3, 2, 1},
+                        {1, 16, 3, 2, 7, 5, 5, 1, 2}};
   for (const Case& q : cases) {
     const Conv2dShape s{q.n, q.c, q.h, q.w, q.f, q.kh, q.kw, q.stride, q.pad};
     const std::int64_t oh = s.out_h(), ow = s.out_w();
