@@ -165,6 +165,9 @@ PixelPlan pixel_plan(const Conv2dShape& s, std::int64_t rows) {
   return pl;
 }
 
+// The plan is computed here for the slab's size and again by direct_tables
+// (O(OH*OW) each: 2 us for d's 729 pixels, 24 us for c's 3136, against 128 and
+// 68 ms of forward).
 std::int64_t direct_table_count(const Conv2dShape& s, std::int64_t plan_rows) {
   return s.col_rows() + s.col_cols() + pixel_plan(s, plan_rows).count();
 }

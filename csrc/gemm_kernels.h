@@ -2277,9 +2277,10 @@ void direct_tiles(const DirectJob<T>& J, const T* panel, int64_t f0, int64_t f_c
   const int64_t nr = panel_width<C>(f_cur);
   const int64_t kb = ceil_div(J.n_idx, ceil_div(J.n_idx, KC));
   const T* bias = J.bias != nullptr ? J.bias + f0 : nullptr;
-  // A plan (forward only) orders the pixels and gives each tile a box: the
-  // entries (tap offset, tap index) of the taps not on the padding for all
-  // its pixels, in tap order, so a KC block's are a contiguous run of them.
+  // A plan (conv_direct's: the forward, and dx as a convolution) orders the
+  // pixels and gives each tile a box: the entries (tap offset, tap index) of
+  // the taps not on the padding for some pixel of the tile, in tap order, so
+  // a KC block's are a contiguous run of them.
   const std::int32_t* plan = J.plan;
   const int64_t n_boxes = plan != nullptr ? plan[2] : 0;
   const std::int32_t* tile_box = plan != nullptr ? plan + 3 : nullptr;
