@@ -243,6 +243,7 @@ PLAN_CASES = [
     ConvCase(2, 32, 9, 8, 70, 3, 3, 2, 1),  # stride 2; F = 64 + 6
     ConvCase(1, 16, 3, 2, 7, 5, 5, 1, 2),  # no interior row or column
     ConvCase(1, 120, 10, 10, 20, 3, 3, 1, 1),  # 1080 taps: the sum in blocks
+    ConvCase(1, 16, 3, 3, 4, 5, 5, 1, 6),  # pad > K: windows wholly on the padding (bias only)
 ]
 
 
