@@ -204,9 +204,10 @@ DirectTables direct_tables(const Conv2dShape& s, std::int32_t* dst, std::int64_t
   for (const Box& b : pl.boxes)
     for (std::int64_t c = 0; c < s.channels; ++c)
       for (std::int64_t kh = b.kh0; kh < b.kh1; ++kh)
-        for (std::int64_t kw = b.kw0; kw < b.kw1; ++kw) {
-          *tap++ = static_cast<std::int32_t>((c * hp + kh) * wp + kw);
-          *index++ = static_cast<std::int32_t>((c * s.kernel_h + kh) * s.kernel_w + kw);
+        for (std::int64_t kw = b.kw0; kw < b.kw1; ++kw) {  // tap k's entry in taps above
+          const std::int64_t k = (c * s.kernel_h + kh) * s.kernel_w + kw;
+          *tap++ = t.taps[k];
+          *index++ = static_cast<std::int32_t>(k);
         }
   return t;
 }
