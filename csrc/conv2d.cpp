@@ -71,29 +71,45 @@ Span valid_taps(std::int64_t o, std::int64_t stride, std::int64_t pad, std::int6
 // Tiles with a box read their filters through the table's tap indices,
 // measured 1.5% slower a step than in order (the 6 x 64 loop, d's tables).
 struct Box {
-  std::int64_t kh0, kh1, kw0, kw1;
+  std::int64_t kh0, kh1, kw0, kw1;  // a tap plan's: output rows [kh0, kh1), columns [kw0, kw1)
   bool operator==(const Box& o) const {
     return kh0 == o.kh0 && kh1 == o.kh1 && kw0 == o.kw0 && kw1 == o.kw1;
   }
 };
-struct PixelPlan {
-  std::vector<std::int32_t> order, tile_box;  // pixels in class order; box per tile (-1: all)
+struct DirectPlan {
+  std::vector<std::int32_t> order, tile_box;  // rows in class order; box per tile (-1: all)
   std::vector<Box> boxes;
-  std::int64_t entries = 0;  // taps over all boxes
+  std::int64_t per_cell = 0;  // entries per cell of a box: C (pixel plan) or 1 (tap plan)
+  std::int64_t entries = 0;   // over all boxes
+  std::int64_t box_entries(const Box& b) const {
+    return per_cell * (b.kh1 - b.kh0) * (b.kw1 - b.kw0);
+  }
   std::int64_t count() const {  // int32s of the plan; 0: none
     if (boxes.empty()) return 0;
     return 3 + static_cast<std::int64_t>(tile_box.size() + boxes.size() + 1 + order.size()) +
            2 * entries;
   }
+  // Adds box b (new or not) for tile t; false past kPlanBudget entries.
+  bool put_box(std::size_t t, const Box& b);
 };
 
-// A plan of at most this many box taps (8 MiB of tables), else none: only a
-// pad of many rows makes that many distinct boxes (d's plan: 8 boxes, 105 KiB,
-// 7.5% fewer taps a call, of the 8.7% on the padding; c 2.3%, e 4.0%).
+// A plan of at most this many box entries (8 MiB of tables), else none: only
+// a pad of many rows makes that many distinct boxes (d's plan: 8 boxes, 105
+// KiB, 7.5% fewer taps a call, of the 8.7% on the padding; c 2.3%, e 4.0%).
 constexpr std::int64_t kPlanBudget = std::int64_t(1) << 20;
 
-PixelPlan pixel_plan(const Conv2dShape& s, std::int64_t rows) {
-  PixelPlan pl;
+bool DirectPlan::put_box(std::size_t t, const Box& b) {
+  const auto it = std::find(boxes.begin(), boxes.end(), b);
+  tile_box[t] = static_cast<std::int32_t>(it - boxes.begin());
+  if (it != boxes.end()) return true;
+  boxes.push_back(b);
+  entries += box_entries(b);
+  return entries <= kPlanBudget;
+}
+
+DirectPlan pixel_plan(const Conv2dShape& s, std::int64_t rows) {
+  DirectPlan pl;
+  pl.per_cell = s.channels;
   const std::int64_t oh_n = s.out_h(), ow_n = s.out_w(), kh_n = s.kernel_h, kw_n = s.kernel_w;
   if (rows <= 0 || s.pad == 0 || oh_n <= 0 || ow_n <= 0) return pl;
   auto row_span = [&](std::int64_t oh) { return valid_taps(oh, s.stride, s.pad, s.height, kh_n); };
@@ -142,7 +158,7 @@ PixelPlan pixel_plan(const Conv2dShape& s, std::int64_t rows) {
   const std::int64_t px = oh_n * ow_n, tiles = (px + rows - 1) / rows;
   pl.tile_box.resize(static_cast<std::size_t>(tiles));
   for (std::int64_t t = 0; t < tiles; ++t) {
-    Box b{kh_n, 0, kw_n, 0};
+    Box b{kh_n, 0, kw_n, 0};  // the hull of the pixels' valid taps
     for (std::int64_t i = t * rows; i < std::min(px, (t + 1) * rows); ++i) {
       const Span r = row_span(pl.order[i] / ow_n), c = col_span(pl.order[i] % ow_n);
       if (r.lo == r.hi || c.lo == c.hi) continue;  // a window wholly on the padding
@@ -151,30 +167,85 @@ PixelPlan pixel_plan(const Conv2dShape& s, std::int64_t rows) {
     }
     if (b.kh0 >= b.kh1) b = {0, 0, 0, 0};  // no tap at all
     if (b == Box{0, kh_n, 0, kw_n}) {
-      pl.tile_box[t] = -1;
+      pl.tile_box[static_cast<std::size_t>(t)] = -1;
       continue;
     }
-    const auto it = std::find(pl.boxes.begin(), pl.boxes.end(), b);
-    pl.tile_box[t] = static_cast<std::int32_t>(it - pl.boxes.begin());
-    if (it == pl.boxes.end()) {
-      pl.boxes.push_back(b);
-      pl.entries += s.channels * (b.kh1 - b.kh0) * (b.kw1 - b.kw0);
-      if (pl.entries > kPlanBudget) return PixelPlan{};
-    }
+    if (!pl.put_box(static_cast<std::size_t>(t), b)) return DirectPlan{};
   }
   return pl;
 }
 
-// The plan is computed here for the slab's size and again by direct_tables
-// (O(OH*OW) each: 2 us for d's 729 pixels, 24 us for c's 3136, against 128 and
-// 68 ms of forward).
-std::int64_t direct_table_count(const Conv2dShape& s, std::int64_t plan_rows) {
-  return s.col_rows() + s.col_cols() + pixel_plan(s, plan_rows).count();
+// wgrad_direct's plan, for tiles of `rows` taps (its tiles are taps, its sum
+// runs over the output pixels): a tap (c, kh, kw) meets the padding at the
+// output rows and columns where kh or kw falls outside the image, 8.7% of the
+// products of d's weight gradient. The taps go in (kh, kw, c) order, so that
+// a tile's taps (channels, where C is a multiple of `rows`) miss the same
+// pixels; each tile runs the hull of its taps' valid pixels (a box of output
+// rows [kh0, kh1) and columns [kw0, kw1), one table per distinct box: pixel
+// offsets and indices in pixel order). Each dW element is then the same chain
+// of FMAs as without the plan, minus products with padded zeros.
+DirectPlan tap_plan(const Conv2dShape& s, std::int64_t rows) {
+  DirectPlan pl;
+  pl.per_cell = 1;
+  const std::int64_t oh_n = s.out_h(), ow_n = s.out_w(), kh_n = s.kernel_h, kw_n = s.kernel_w;
+  if (rows <= 0 || s.pad == 0 || oh_n <= 0 || ow_n <= 0) return pl;
+  // The outputs [lo, hi) whose window's row (column) k lies in the image:
+  // o * stride + k in [pad, pad + n).
+  auto ceil_div = [&](std::int64_t a) {  // a / stride rounded up, any sign
+    return a >= 0 ? (a + s.stride - 1) / s.stride : -(-a / s.stride);
+  };
+  auto outputs = [&](std::int64_t k, std::int64_t n, std::int64_t out_n) {
+    const std::int64_t lo = std::max<std::int64_t>(0, ceil_div(s.pad - k));
+    const std::int64_t hi = std::min(out_n, ceil_div(s.pad + n - k));
+    return Span{lo, std::max(lo, hi)};
+  };
+  const std::int64_t taps = s.channels * kh_n * kw_n, tiles = (taps + rows - 1) / rows;
+  pl.order.reserve(static_cast<std::size_t>(taps));
+  for (std::int64_t kh = 0; kh < kh_n; ++kh)
+    for (std::int64_t kw = 0; kw < kw_n; ++kw)
+      for (std::int64_t c = 0; c < s.channels; ++c)
+        pl.order.push_back(static_cast<std::int32_t>((c * kh_n + kh) * kw_n + kw));
+  pl.tile_box.resize(static_cast<std::size_t>(tiles));
+  for (std::int64_t t = 0; t < tiles; ++t) {
+    Box b{oh_n, 0, ow_n, 0};  // the hull of the taps' valid pixels
+    for (std::int64_t i = t * rows; i < std::min(taps, (t + 1) * rows); ++i) {
+      const std::int64_t k = pl.order[static_cast<std::size_t>(i)];
+      const Span r = outputs(k / kw_n % kh_n, s.height, oh_n), c = outputs(k % kw_n, s.width, ow_n);
+      if (r.lo == r.hi || c.lo == c.hi) continue;  // a tap on the padding for every pixel
+      b = {std::min(b.kh0, r.lo), std::max(b.kh1, r.hi), std::min(b.kw0, c.lo),
+           std::max(b.kw1, c.hi)};
+    }
+    if (b.kh0 >= b.kh1) b = {0, 0, 0, 0};  // no pixel at all
+    if (b == Box{0, oh_n, 0, ow_n}) {
+      pl.tile_box[static_cast<std::size_t>(t)] = -1;
+      continue;
+    }
+    if (!pl.put_box(static_cast<std::size_t>(t), b)) return DirectPlan{};
+  }
+  return pl;
 }
 
-// taps, bases, then (plan_rows > 0) conv_direct's plan for tiles of that
-// many pixels, if it has anything to skip.
-DirectTables direct_tables(const Conv2dShape& s, std::int32_t* dst, std::int64_t plan_rows) {
+// Which plan a table carries: none, conv_direct's (tiles of pixels) or
+// wgrad_direct's (tiles of taps).
+enum class PlanFor { kNone, kPixels, kTaps };
+
+DirectPlan direct_plan(const Conv2dShape& s, PlanFor kind, std::int64_t rows) {
+  if (kind == PlanFor::kPixels) return pixel_plan(s, rows);
+  if (kind == PlanFor::kTaps) return tap_plan(s, rows);
+  return DirectPlan{};
+}
+
+// The plan is computed here for the slab's size and again by direct_tables
+// (O(OH*OW) or O(C*KH*KW) each: 2 us for d's 729 pixels, 24 us for c's 3136,
+// against 128 and 68 ms of forward).
+std::int64_t direct_table_count(const Conv2dShape& s, PlanFor kind, std::int64_t plan_rows) {
+  return s.col_rows() + s.col_cols() + direct_plan(s, kind, plan_rows).count();
+}
+
+// taps, bases, then the plan of that kind for tiles of plan_rows pixels or
+// taps, if it has anything to skip.
+DirectTables direct_tables(const Conv2dShape& s, std::int32_t* dst, PlanFor kind,
+                           std::int64_t plan_rows) {
   const std::int64_t wp = s.width + 2 * s.pad, hp = s.height + 2 * s.pad;
   DirectTables t{dst, dst + s.col_rows(), nullptr};
   for (std::int64_t c = 0; c < s.channels; ++c)
@@ -184,7 +255,7 @@ DirectTables direct_tables(const Conv2dShape& s, std::int32_t* dst, std::int64_t
   for (std::int64_t oh = 0; oh < s.out_h(); ++oh)
     for (std::int64_t ow = 0; ow < s.out_w(); ++ow)
       *dst++ = static_cast<std::int32_t>((oh * wp + ow) * s.stride);
-  const PixelPlan pl = pixel_plan(s, plan_rows);
+  const DirectPlan pl = direct_plan(s, kind, plan_rows);
   if (pl.count() == 0) return t;
   t.plan = dst;
   const auto n_boxes = static_cast<std::int64_t>(pl.boxes.size());
@@ -195,20 +266,27 @@ DirectTables direct_tables(const Conv2dShape& s, std::int32_t* dst, std::int64_t
   std::int64_t off = 0;
   for (const Box& b : pl.boxes) {
     *dst++ = static_cast<std::int32_t>(off);
-    off += s.channels * (b.kh1 - b.kh0) * (b.kw1 - b.kw0);
+    off += pl.box_entries(b);
   }
   *dst++ = static_cast<std::int32_t>(off);
   dst = std::copy(pl.order.begin(), pl.order.end(), dst);
-  std::int32_t* tap = dst;
+  std::int32_t* offset = dst;
   std::int32_t* index = dst + pl.entries;
-  for (const Box& b : pl.boxes)
-    for (std::int64_t c = 0; c < s.channels; ++c)
+  auto put = [&](const std::int32_t* table, std::int64_t k) {  // entry k of taps or bases
+    *offset++ = table[k];
+    *index++ = static_cast<std::int32_t>(k);
+  };
+  for (const Box& b : pl.boxes) {
+    if (kind == PlanFor::kTaps) {  // pixel (oh, ow)'s entry in bases
+      for (std::int64_t oh = b.kh0; oh < b.kh1; ++oh)
+        for (std::int64_t ow = b.kw0; ow < b.kw1; ++ow) put(t.bases, oh * s.out_w() + ow);
+      continue;
+    }
+    for (std::int64_t c = 0; c < s.channels; ++c)  // tap (c, kh, kw)'s entry in taps
       for (std::int64_t kh = b.kh0; kh < b.kh1; ++kh)
-        for (std::int64_t kw = b.kw0; kw < b.kw1; ++kw) {  // tap k's entry in taps above
-          const std::int64_t k = (c * s.kernel_h + kh) * s.kernel_w + kw;
-          *tap++ = t.taps[k];
-          *index++ = static_cast<std::int32_t>(k);
-        }
+        for (std::int64_t kw = b.kw0; kw < b.kw1; ++kw)
+          put(t.taps, (c * s.kernel_h + kh) * s.kernel_w + kw);
+  }
   return t;
 }
 
@@ -295,9 +373,12 @@ ConvPlan conv2d_plan(const Conv2dShape& s, const GemmImpl<T>& g, int nthreads, b
   p.dw_direct = backward && p.padded && !p.dw_dot && g.wgrad_direct != nullptr;
   // The tables: of s (forward or dW), then of dx_shape(s); int32 in T's units.
   const bool s_tables = p.fwd_direct || p.dw_direct || p.dw_dot;
+  const PlanFor s_plan = p.fwd_direct  ? PlanFor::kPixels
+                         : p.dw_direct ? PlanFor::kTaps
+                                       : PlanFor::kNone;
   const std::int64_t tables =
-      (s_tables ? direct_table_count(s, p.fwd_direct ? g.direct_rows : 0) : 0) +
-      (p.dx_direct ? direct_table_count(sd, g.direct_rows) : 0);
+      (s_tables ? direct_table_count(s, s_plan, g.direct_rows) : 0) +
+      (p.dx_direct ? direct_table_count(sd, PlanFor::kPixels, g.direct_rows) : 0);
   p.table_elems = (tables * 4 + static_cast<std::int64_t>(sizeof(T)) - 1) /
                   static_cast<std::int64_t>(sizeof(T));
   p.dyt_elems = p.dw_dot ? dot_elems : p.dw_direct ? g.direct_panels_elems(f, cols) : 0;
@@ -458,7 +539,8 @@ void backward_image(const GemmImpl<T>& g, const T* x_n, const T* pwx,
     g.wgrad_dot(xp, s, dy_n, tables[0].taps, !first, dwt, dyt, p.gemm_threads);
   } else if (p.dw_direct) {
     g.pack_direct(dy_n, f, cols, dyt);
-    g.wgrad_direct(xp, s, dyt, tables[0].taps, tables[0].bases, !first, dwt, p.gemm_threads);
+    g.wgrad_direct(xp, s, dyt, tables[0].taps, tables[0].bases, tables[0].plan, !first, dwt,
+                   p.gemm_threads);
   } else {
     if (!p.direct && !p.padded) {  // the whole column matrix, by the bounded packer
       g.pack_im2col(&panels, 0, ckk, 0, cols, cols, col);
@@ -500,7 +582,7 @@ void conv2d_forward(const T* x, const T* w, const T* b, const Conv2dShape& s, T*
   T* pw = scratch.packed_w();
   DirectTables tables{};
   if (p.fwd_direct) {
-    tables = direct_tables(s, scratch.tables(), g.direct_rows);
+    tables = direct_tables(s, scratch.tables(), PlanFor::kPixels, g.direct_rows);
     g.pack_direct(w, f, ckk, pw);
   } else {
     g.pack_a(f, cols, ckk, MatRef<T>{w, f, ckk, ckk, 1}, pw);
@@ -543,10 +625,11 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
   DirectTables tables[2] = {};  // of s (dW), of dx_shape(s) (dx)
   std::int32_t* tab = scratch.tables();
   if (p.dw_direct || p.dw_dot) {
-    tables[0] = direct_tables(s, tab, 0);
-    tab += direct_table_count(s, 0);
+    const PlanFor kind = p.dw_direct ? PlanFor::kTaps : PlanFor::kNone;
+    tables[0] = direct_tables(s, tab, kind, g.direct_rows);
+    tab += direct_table_count(s, kind, g.direct_rows);
   }
-  if (p.dx_direct) tables[1] = direct_tables(dx_shape(s), tab, g.direct_rows);
+  if (p.dx_direct) tables[1] = direct_tables(dx_shape(s), tab, PlanFor::kPixels, g.direct_rows);
   const T* pwx = nullptr;  // the A panels of dx's GEMM
   if (dx != nullptr) {
     const GemmDims d = dx_gemm(s, p.dx_conv);

@@ -90,14 +90,17 @@ struct GemmImpl {
   // direct_panels_elems(f, k) elements (64-byte aligned).
   //   conv_direct: y (F x OH*OW) = w * col(x) (+ bias unless null), with w
   //     packed as pack_direct(w, F, C*KH*KW); overwrites y. With a plan
-  //     (direct_plan, conv2d.cpp; built for tiles of direct_rows pixels),
+  //     (pixel_plan, conv2d.cpp; built for tiles of direct_rows pixels),
   //     tiles skip the taps that fall on the padding for all their pixels:
   //     plan[0] = rows a tile, [1] = pixels, [2] = boxes; then each tile's
   //     box (-1: every tap), the boxes' entry offsets (boxes + 1), the pixels
   //     in tile order, and the entries' tap offsets and tap indices (two
   //     arrays, each box's in increasing tap order). Null: every tap.
   //   wgrad_direct: dwt (C*KH*KW x F, dW transposed) = or += col(x) * dy^T,
-  //     with dy packed as pack_direct(dy, F, OH*OW).
+  //     with dy packed as pack_direct(dy, F, OH*OW). Its plan (tap_plan,
+  //     conv2d.cpp; tiles of direct_rows taps) has the same layout with taps
+  //     for pixels: tiles skip the pixels where all their taps fall on the
+  //     padding; the entries are pixel offsets (bases) and pixel indices.
   std::int64_t (*direct_panels_elems)(std::int64_t f, std::int64_t k);
   void (*pack_direct)(const T* a, std::int64_t f, std::int64_t k, T* dst);
   std::int64_t direct_rows;  // pixels in a conv_direct tile (0 where there is none)
@@ -105,8 +108,8 @@ struct GemmImpl {
                       const std::int32_t* bases, const std::int32_t* plan, const T* bias, T* y,
                       int nthreads);
   void (*wgrad_direct)(const T* xp, const Conv2dShape& s, const T* pdy,
-                       const std::int32_t* taps, const std::int32_t* bases, bool accumulate,
-                       T* dwt, int nthreads);
+                       const std::int32_t* taps, const std::int32_t* bases,
+                       const std::int32_t* plan, bool accumulate, T* dwt, int nthreads);
   //   wgrad_dot: the same weight gradient from dy as it lies (F x OH*OW), as
   //     dot products over the pixels, with wgrad_dot_elems(s) elements of
   //     scratch in work (64-byte aligned); wgrad_dot_elems is 0 for the

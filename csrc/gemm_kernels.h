@@ -2116,7 +2116,8 @@ struct DirectJob {
   bool accumulate;  // add to out instead of overwriting it
   T* out;
   int64_t ldo;
-  const std::int32_t* plan = nullptr;  // forward: GemmImpl::conv_direct's plan, or null
+  // GemmImpl::conv_direct's or wgrad_direct's plan (rows: pixels or taps), or null
+  const std::int32_t* plan = nullptr;
 };
 
 // direct_tile's transposed store for a tile whose pixels are not consecutive
@@ -2151,9 +2152,9 @@ void direct_store_scattered(const V (&acc)[C::MR][NU], const T* bias, bool accum
 // carry_in (zero if null) and, with carry_out, go there as they are instead
 // of to out, so each element is one FMA chain in k order whatever the blocks.
 // With kRows, step k's filters are row wrow[k] of the panel block w instead
-// of its row k (a plan's box: the taps that do not fall on the padding). With
-// pix, row i of the tile is pixel pix[i] of out (transposed stores only)
-// instead of pixel i.
+// of its row k (a plan's box: the taps, or the pixels, that do not fall on
+// the padding). With pix, row i of the tile is row pix[i] of out (a pixel,
+// transposed; a tap, not transposed) instead of row i.
 template <class C, int NU, bool kRows = false, typename T = typename C::T>
 inline void direct_tile(int64_t kc, const std::int32_t* __restrict idx, const T* __restrict w,
                         const T* const* px, const T* carry_in, T* carry_out, const T* bias,
@@ -2202,13 +2203,14 @@ inline void direct_tile(int64_t kc, const std::int32_t* __restrict idx, const T*
       for (int j = 0; j < NU; ++j) reinterpret_cast<V*>(carry_out)[i * NU + j] = acc[i][j];
     return;
   }
-  if (!transposed) {  // row i of the tile is row i of out, filters along it
+  if (!transposed) {  // row i of the tile is row i (pix[i]) of out, filters along it
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) {
       if (i >= m_cur) break;
+      T* row = out + (pix != nullptr ? int64_t(pix[i]) : i) * ldo;
 #pragma GCC unroll 8
       for (int j = 0; j < NU; ++j) {
-        T* o = out + i * ldo + j * L;
+        T* o = row + j * L;
         typename Z::V v = reinterpret_cast<typename Z::V>(acc[i][j]);
         if (accumulate) v = Z::add(v, Z::load_n(o, f_cur - j * L));
         Z::store_n(o, v, f_cur - j * L);
@@ -2280,7 +2282,9 @@ void direct_tiles(const DirectJob<T>& J, const T* panel, int64_t f0, int64_t f_c
   // A plan (conv_direct's: the forward, and dx as a convolution) orders the
   // pixels and gives each tile a box: the entries (tap offset, tap index) of
   // the taps not on the padding for some pixel of the tile, in tap order, so
-  // a KC block's are a contiguous run of them.
+  // a KC block's are a contiguous run of them. wgrad_direct's orders the taps
+  // and gives each tile the entries (pixel offset, pixel index) of the pixels
+  // where some tap of the tile is not on the padding, in pixel order.
   const std::int32_t* plan = J.plan;
   const int64_t n_boxes = plan != nullptr ? plan[2] : 0;
   const std::int32_t* tile_box = plan != nullptr ? plan + 3 : nullptr;
@@ -2303,7 +2307,7 @@ void direct_tiles(const DirectJob<T>& J, const T* panel, int64_t f0, int64_t f_c
           px[i] = J.xp + J.rows[pix != nullptr ? pix[r] : r0 + r];
         }
         T* out = J.transposed ? J.out + f0 * J.ldo + (pix != nullptr ? 0 : r0)
-                              : J.out + r0 * J.ldo + f0;
+                              : J.out + (pix != nullptr ? 0 : r0 * J.ldo) + f0;
         T* slot = carry[t - g0];
         const int64_t box = tile_box != nullptr ? tile_box[t] : -1;
         if (box < 0) {
@@ -2371,9 +2375,13 @@ void conv_direct(const T* xp, const Conv2dShape& s, const T* pw, const std::int3
 
 template <typename T>
 void wgrad_direct(const T* xp, const Conv2dShape& s, const T* pdy, const std::int32_t* taps,
-                  const std::int32_t* bases, bool accumulate, T* dwt, int nthreads) {
-  direct_run(DirectJob<T>{xp, taps, s.col_rows(), bases, s.col_cols(), pdy, s.filters, nullptr,
-                          false, accumulate, dwt, s.filters},
+                  const std::int32_t* bases, const std::int32_t* plan, bool accumulate, T* dwt,
+                  int nthreads) {
+  using C = typename Blocking<T>::Direct;
+  const int64_t rows = s.col_rows();
+  if (plan != nullptr && (plan[0] != C::MR || plan[1] != rows)) plan = nullptr;  // not ours
+  direct_run(DirectJob<T>{xp, taps, rows, bases, s.col_cols(), pdy, s.filters, nullptr, false,
+                          accumulate, dwt, s.filters, plan},
              nthreads);
 }
 #endif

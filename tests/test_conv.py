@@ -234,16 +234,20 @@ def test_direct_convolution(isa, case, dx_direct, dtype, nthreads, restore_threa
 
 # The direct forward's plan skips the taps that fall on the padding (tiles of
 # pixels that meet it alike, each running a table of its valid taps in tap
-# order). Every output is then the same chain of FMAs as on the same input
-# padded beforehand (pad 0: no plan, every tap), minus products with zeros,
-# which change no sum: equal bit for bit, on every path. dx's plan is checked
-# against the oracle in test_direct_convolution.
+# order), and the direct weight gradient's plan the pixels where its taps fall
+# on it (tiles of taps in (kh, kw, c) order, each summing over a table of its
+# valid pixels in pixel order). Every output and every dW element is then the
+# same chain of FMAs as on the same input padded beforehand (pad 0: no plan,
+# every tap and pixel), minus products with zeros, which change no sum: equal
+# bit for bit, on every path. dx's plan is checked against the oracle in
+# test_direct_convolution.
 PLAN_CASES = [
     ConvCase(2, 16, 9, 11, 12, 5, 5, 1, 2),  # two border rows and columns a side
     ConvCase(2, 32, 9, 8, 70, 3, 3, 2, 1),  # stride 2; F = 64 + 6
     ConvCase(1, 16, 3, 2, 7, 5, 5, 1, 2),  # no interior row or column
     ConvCase(1, 120, 10, 10, 20, 3, 3, 1, 1),  # 1080 taps: the sum in blocks
     ConvCase(1, 16, 3, 3, 4, 5, 5, 1, 6),  # pad > K: windows wholly on the padding (bias only)
+    ConvCase(2, 4, 70, 70, 8, 3, 3, 2, 1),  # dW's sum over 1225 pixels in blocks
 ]
 
 
@@ -260,6 +264,21 @@ def test_padding_skipped_bit_for_bit(isa, case, dtype, nthreads, restore_threads
     xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
     y = F.conv2d(x, w, b, stride=case.stride, pad=p)
     np.testing.assert_array_equal(y, F.conv2d(xp, w, b, stride=case.stride, pad=0))
+    # The weight gradient, where both take the same path (the direct tiles
+    # unless the dot products apply to one of them).
+    prepadded = ConvCase(case.n, case.c, case.h + 2 * p, case.w + 2 * p, case.fn, case.fh,
+                         case.fw, case.stride, 0)
+    plans = _plan(case, dtype, nthreads), _plan(prepadded, dtype, nthreads)
+    if plans[0]["dw_dot"] or plans[1]["dw_dot"]:
+        assert case.stride == 1, plans
+        return
+    direct = isa == "avx512" or (isa == "avx2" and np.dtype(dtype) == np.float32)
+    assert plans[0]["dw_direct"] == plans[1]["dw_direct"] == direct, plans
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    _, dw, db = F.conv2d_backward(dy, x, w, stride=case.stride, pad=p, need_dx=False)
+    _, dw0, db0 = F.conv2d_backward(dy, xp, w, stride=case.stride, pad=0, need_dx=False)
+    np.testing.assert_array_equal(dw, dw0)
+    np.testing.assert_array_equal(db, db0)
 
 
 # The weight gradient as dot products over the pixels (AVX-512, stride 1,

@@ -156,7 +156,11 @@ void check_conv(int threads) {
                         // the direct forward's plan: border classes around
                         // an interior, stride 2, and no interior at all
                         {2, 16, 9, 11, 12, 5, 5, 1, 2}, {2, 32, 9, 8, 10, 3, 3, 2, 1},
-                        {1, 16, 3, 2, 7, 5, 5, 1, 2}};
+                        {1, 16, 3, 2, 7, 5, 5, 1, 2},
+                        // the direct weight gradient's plan: C not a multiple
+                        // of a tile's taps (hulls of two taps), 1225 pixels
+                        // summed in two blocks
+                        {2, 4, 70, 70, 8, 3, 3, 2, 1}};
   for (const Case& q : cases) {
     const Conv2dShape s{q.n, q.c, q.h, q.w, q.f, q.kh, q.kw, q.stride, q.pad};
     const std::int64_t oh = s.out_h(), ow = s.out_w();
