@@ -1443,17 +1443,16 @@ struct Problem {
   const T* row_bias;         // non-null: row_bias[i] added to row i of C
 };
 
-// Scratch of one thread: its packed B block (KC x NC, 64-byte aligned first)
-// and its packed A block (MC x KC).
 // Rows (of a thread's slice) up to which gemm_slice runs them as one ic block:
 // A packed once per KC block, B's panels packed just before their
 // micro-kernels and used from L1/L2 while warm. Beyond MC the loop over MC
 // blocks first packs the whole KC x NC block of B (4 MiB in float64 d's
 // B^T dW, 256 x 2400 x 729), writes it out of L2 and streams it back once per
 // ic block: float64 packing was 10% of that product. Two MC blocks' worth of
-// A (float64 AVX-512: 288 x 256 = 576 KiB; AVX2 float32 288 KiB) still fits
-// the L2 of the cores these blockings target (1-2 MiB on AVX-512 x86; Zen 1's
-// 512 KiB for AVX2). Zen 4, 1 thread, alternating processes, GFLOP/s float64:
+// A (float64 AVX-512: 288 x 256 = 576 KiB; AVX2 float32 288 KiB, float64
+// 384 KiB) still fits the L2 of the cores these blockings target (1-2 MiB on
+// AVX-512 x86; Zen 1's 512 KiB for AVX2; aarch64's 460-600 KiB not measured on
+// hardware). Zen 4, 1 thread, alternating processes, GFLOP/s float64:
 // d's B^T dW 46.4-49.6 -> 50.9-51.7 (np/pc 0.91-0.96 -> 0.99-1.01), 288 x 2400
 // x 729 47.8-48.3 -> 52.6-52.8, 150 x 2400 x 729 45.2-47.7 -> 51.0-52.7.
 template <class C>
@@ -1461,6 +1460,8 @@ constexpr int64_t one_block_rows() {
   return 2 * C::MC;
 }
 
+// Scratch of one thread: its packed B block (KC x NC, 64-byte aligned first)
+// and its packed A block (KC x up to one_block_rows rows).
 template <class C, typename T = typename C::T>
 int64_t cfg_workspace_elems(int64_t m, int64_t n, int64_t k) {
   constexpr int64_t MR = C::MR, KC = C::KC, NC = C::NC, NR = C::NR;
