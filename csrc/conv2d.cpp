@@ -3,6 +3,7 @@
 #include "conv2d.h"
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "gemm.h"
@@ -42,7 +43,8 @@ GemmDims dx_gemm(const Conv2dShape& s, bool dx_conv) {
 struct DirectTables {
   const std::int32_t* taps;
   const std::int32_t* bases;
-  const std::int32_t* plan;  // conv_direct's plan, or null
+  const std::int32_t* plan;  // conv_direct's or wgrad_direct's plan, or null
+  std::int32_t* end;         // one past the tables: where the next tables go
 };
 
 // The kernel offsets [lo, hi) of output row (or column) o whose input row
@@ -91,8 +93,12 @@ struct DirectPlan {
     return 3 + static_cast<std::int64_t>(tile_box.size() + boxes.size() + 1 + order.size()) +
            2 * entries;
   }
-  // Adds box b (new or not) for tile t; false past kPlanBudget entries.
-  bool put_box(std::size_t t, const Box& b);
+  // Each tile's box: tiles of `rows` of order's entries, the hull of their
+  // spans(e) (rows and columns of the kernel, or of the output, that entry e
+  // reaches), within y_n x x_n (the full box: tile_box -1). False past
+  // kPlanBudget entries.
+  template <class Spans>
+  bool put_tiles(std::int64_t rows, std::int64_t y_n, std::int64_t x_n, Spans spans);
 };
 
 // A plan of at most this many box entries (8 MiB of tables), else none: only
@@ -100,13 +106,32 @@ struct DirectPlan {
 // KiB, 7.5% fewer taps a call, of the 8.7% on the padding; c 2.3%, e 4.0%).
 constexpr std::int64_t kPlanBudget = std::int64_t(1) << 20;
 
-bool DirectPlan::put_box(std::size_t t, const Box& b) {
-  const auto it = std::find(boxes.begin(), boxes.end(), b);
-  tile_box[t] = static_cast<std::int32_t>(it - boxes.begin());
-  if (it != boxes.end()) return true;
-  boxes.push_back(b);
-  entries += box_entries(b);
-  return entries <= kPlanBudget;
+template <class Spans>
+bool DirectPlan::put_tiles(std::int64_t rows, std::int64_t y_n, std::int64_t x_n, Spans spans) {
+  const auto n = static_cast<std::int64_t>(order.size());
+  tile_box.resize(static_cast<std::size_t>((n + rows - 1) / rows));
+  for (std::size_t t = 0; t < tile_box.size(); ++t) {
+    Box b{y_n, 0, x_n, 0};
+    const std::int64_t i0 = static_cast<std::int64_t>(t) * rows;
+    for (std::int64_t i = i0; i < std::min(n, i0 + rows); ++i) {
+      const auto [r, c] = spans(order[static_cast<std::size_t>(i)]);
+      if (r.lo == r.hi || c.lo == c.hi) continue;  // wholly on the padding
+      b = {std::min(b.y0, r.lo), std::max(b.y1, r.hi), std::min(b.x0, c.lo),
+           std::max(b.x1, c.hi)};
+    }
+    if (b.y0 >= b.y1) b = {0, 0, 0, 0};  // nothing at all
+    if (b == Box{0, y_n, 0, x_n}) {
+      tile_box[t] = -1;
+      continue;
+    }
+    const auto it = std::find(boxes.begin(), boxes.end(), b);
+    tile_box[t] = static_cast<std::int32_t>(it - boxes.begin());
+    if (it != boxes.end()) continue;
+    boxes.push_back(b);
+    entries += box_entries(b);
+    if (entries > kPlanBudget) return false;
+  }
+  return true;
 }
 
 DirectPlan pixel_plan(const Conv2dShape& s, std::int64_t rows) {
@@ -157,23 +182,9 @@ DirectPlan pixel_plan(const Conv2dShape& s, std::int64_t rows) {
     if (oh >= oh_n) break;
     for (std::int64_t ow = 0; ow < ow_n; ++ow) put(oh, ow);
   }
-  const std::int64_t px = oh_n * ow_n, tiles = (px + rows - 1) / rows;
-  pl.tile_box.resize(static_cast<std::size_t>(tiles));
-  for (std::int64_t t = 0; t < tiles; ++t) {
-    Box b{kh_n, 0, kw_n, 0};  // the hull of the pixels' valid taps
-    for (std::int64_t i = t * rows; i < std::min(px, (t + 1) * rows); ++i) {
-      const Span r = row_span(pl.order[i] / ow_n), c = col_span(pl.order[i] % ow_n);
-      if (r.lo == r.hi || c.lo == c.hi) continue;  // a window wholly on the padding
-      b = {std::min(b.y0, r.lo), std::max(b.y1, r.hi), std::min(b.x0, c.lo),
-           std::max(b.x1, c.hi)};
-    }
-    if (b.y0 >= b.y1) b = {0, 0, 0, 0};  // no tap at all
-    if (b == Box{0, kh_n, 0, kw_n}) {
-      pl.tile_box[static_cast<std::size_t>(t)] = -1;
-      continue;
-    }
-    if (!pl.put_box(static_cast<std::size_t>(t), b)) return DirectPlan{};
-  }
+  // A tile's box: the hull of its pixels' valid taps.
+  auto taps_of = [&](std::int32_t q) { return std::pair{row_span(q / ow_n), col_span(q % ow_n)}; };
+  if (!pl.put_tiles(rows, kh_n, kw_n, taps_of)) return DirectPlan{};
   return pl;
 }
 
@@ -196,37 +207,22 @@ DirectPlan tap_plan(const Conv2dShape& s, std::int64_t rows) {
   if (rows <= 0 || s.pad == 0 || oh_n <= 0 || ow_n <= 0) return pl;
   // The outputs [lo, hi) whose window's row (column) k lies in the image:
   // o * stride + k in [pad, pad + n).
-  auto ceil_div = [&](std::int64_t a) {  // a / stride rounded up, any sign
-    return a >= 0 ? (a + s.stride - 1) / s.stride : -(-a / s.stride);
-  };
+  // (A bound <= 0 clamps to 0: no output below it.)
+  auto up = [&](std::int64_t a) { return a <= 0 ? 0 : (a + s.stride - 1) / s.stride; };
   auto outputs = [&](std::int64_t k, std::int64_t n, std::int64_t out_n) {
-    const std::int64_t lo = std::max<std::int64_t>(0, ceil_div(s.pad - k));
-    const std::int64_t hi = std::min(out_n, ceil_div(s.pad + n - k));
+    const std::int64_t lo = up(s.pad - k), hi = std::min(out_n, up(s.pad + n - k));
     return Span{lo, std::max(lo, hi)};
   };
-  const std::int64_t taps = s.channels * kh_n * kw_n, tiles = (taps + rows - 1) / rows;
-  pl.order.reserve(static_cast<std::size_t>(taps));
+  pl.order.reserve(static_cast<std::size_t>(s.channels * kh_n * kw_n));
   for (std::int64_t kh = 0; kh < kh_n; ++kh)
     for (std::int64_t kw = 0; kw < kw_n; ++kw)
       for (std::int64_t c = 0; c < s.channels; ++c)
         pl.order.push_back(static_cast<std::int32_t>((c * kh_n + kh) * kw_n + kw));
-  pl.tile_box.resize(static_cast<std::size_t>(tiles));
-  for (std::int64_t t = 0; t < tiles; ++t) {
-    Box b{oh_n, 0, ow_n, 0};  // the hull of the taps' valid pixels
-    for (std::int64_t i = t * rows; i < std::min(taps, (t + 1) * rows); ++i) {
-      const std::int64_t k = pl.order[static_cast<std::size_t>(i)];
-      const Span r = outputs(k / kw_n % kh_n, s.height, oh_n), c = outputs(k % kw_n, s.width, ow_n);
-      if (r.lo == r.hi || c.lo == c.hi) continue;  // a tap on the padding for every pixel
-      b = {std::min(b.y0, r.lo), std::max(b.y1, r.hi), std::min(b.x0, c.lo),
-           std::max(b.x1, c.hi)};
-    }
-    if (b.y0 >= b.y1) b = {0, 0, 0, 0};  // no pixel at all
-    if (b == Box{0, oh_n, 0, ow_n}) {
-      pl.tile_box[static_cast<std::size_t>(t)] = -1;
-      continue;
-    }
-    if (!pl.put_box(static_cast<std::size_t>(t), b)) return DirectPlan{};
-  }
+  // A tile's box: the hull of its taps' valid pixels.
+  auto pixels_of = [&](std::int32_t k) {
+    return std::pair{outputs(k / kw_n % kh_n, s.height, oh_n), outputs(k % kw_n, s.width, ow_n)};
+  };
+  if (!pl.put_tiles(rows, oh_n, ow_n, pixels_of)) return DirectPlan{};
   return pl;
 }
 
@@ -252,7 +248,7 @@ std::int64_t direct_table_count(const Conv2dShape& s, PlanFor kind, std::int64_t
 DirectTables direct_tables(const Conv2dShape& s, std::int32_t* dst, PlanFor kind,
                            std::int64_t plan_rows) {
   const std::int64_t wp = s.width + 2 * s.pad, hp = s.height + 2 * s.pad;
-  DirectTables t{dst, dst + s.col_rows(), nullptr};
+  DirectTables t{dst, dst + s.col_rows(), nullptr, nullptr};
   for (std::int64_t c = 0; c < s.channels; ++c)
     for (std::int64_t kh = 0; kh < s.kernel_h; ++kh)
       for (std::int64_t kw = 0; kw < s.kernel_w; ++kw)
@@ -261,6 +257,7 @@ DirectTables direct_tables(const Conv2dShape& s, std::int32_t* dst, PlanFor kind
     for (std::int64_t ow = 0; ow < s.out_w(); ++ow)
       *dst++ = static_cast<std::int32_t>((oh * wp + ow) * s.stride);
   const DirectPlan pl = direct_plan(s, kind, plan_rows);
+  t.end = dst + pl.count();
   if (pl.count() == 0) return t;
   t.plan = dst;
   const auto n_boxes = static_cast<std::int64_t>(pl.boxes.size());
@@ -632,7 +629,7 @@ void conv2d_backward(const T* x, const T* w, const T* dy, const Conv2dShape& s, 
   if (p.dw_direct || p.dw_dot) {
     const PlanFor kind = p.dw_direct ? PlanFor::kTaps : PlanFor::kNone;
     tables[0] = direct_tables(s, tab, kind, g.direct_rows);
-    tab += direct_table_count(s, kind, g.direct_rows);
+    tab = tables[0].end;
   }
   if (p.dx_direct) tables[1] = direct_tables(dx_shape(s), tab, PlanFor::kPixels, g.direct_rows);
   const T* pwx = nullptr;  // the A panels of dx's GEMM

@@ -2303,7 +2303,9 @@ void direct_tiles(const DirectJob<T>& J, const T* panel, int64_t f0, int64_t f_c
   // a KC block's are a contiguous run of them. wgrad_direct's orders the taps
   // and gives each tile the entries (pixel offset, pixel index) of the pixels
   // where some tap of the tile is not on the padding, in pixel order.
-  const std::int32_t* plan = J.plan;
+  // (A plan for other tiles or rows than these is not ours: none.)
+  const std::int32_t* plan =
+      J.plan != nullptr && J.plan[0] == MR && J.plan[1] == J.n_rows ? J.plan : nullptr;
   const int64_t n_boxes = plan != nullptr ? plan[2] : 0;
   const std::int32_t* tile_box = plan != nullptr ? plan + 3 : nullptr;
   const std::int32_t* box_off = plan != nullptr ? tile_box + ceil_div(J.n_rows, MR) : nullptr;
@@ -2383,9 +2385,7 @@ template <typename T>
 void conv_direct(const T* xp, const Conv2dShape& s, const T* pw, const std::int32_t* taps,
                  const std::int32_t* bases, const std::int32_t* plan, const T* bias, T* y,
                  int nthreads) {
-  using C = typename Blocking<T>::Direct;
   const int64_t cols = s.col_cols();
-  if (plan != nullptr && (plan[0] != C::MR || plan[1] != cols)) plan = nullptr;  // not ours
   direct_run(DirectJob<T>{xp, bases, cols, taps, s.col_rows(), pw, s.filters, bias, true, false,
                           y, cols, plan},
              nthreads);
@@ -2395,11 +2395,8 @@ template <typename T>
 void wgrad_direct(const T* xp, const Conv2dShape& s, const T* pdy, const std::int32_t* taps,
                   const std::int32_t* bases, const std::int32_t* plan, bool accumulate, T* dwt,
                   int nthreads) {
-  using C = typename Blocking<T>::Direct;
-  const int64_t rows = s.col_rows();
-  if (plan != nullptr && (plan[0] != C::MR || plan[1] != rows)) plan = nullptr;  // not ours
-  direct_run(DirectJob<T>{xp, taps, rows, bases, s.col_cols(), pdy, s.filters, nullptr, false,
-                          accumulate, dwt, s.filters, plan},
+  direct_run(DirectJob<T>{xp, taps, s.col_rows(), bases, s.col_cols(), pdy, s.filters, nullptr,
+                          false, accumulate, dwt, s.filters, plan},
              nthreads);
 }
 #endif
